@@ -1,0 +1,5 @@
+import sys
+
+from tidings.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""The ``Broker`` interface: moves channel messages between nodes and holds cluster-wide
+"first use wins" claims (spec §20). The hub does the local fan-out; a broker never touches
+connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Broker", "Delivery", "DeliverFn"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One channel message as it travels between nodes."""
+
+    payload: bytes  # the complete JSON text of the frame subscribers receive
+    exclude: str | None = None  # connection ID that must not receive it (sender without echo)
+
+
+DeliverFn = Callable[[str, Sequence[Delivery]], None]
+"""Called by the broker on every node with a channel and its messages, in channel order."""
+
+
+class Broker(Protocol):
+    """At-most-once delivery to every interested node, preserving per-channel order."""
+
+    async def start(self, deliver: DeliverFn) -> None:
+        """Begin delivering to ``deliver``. Call once, before any other method."""
+        ...
+
+    async def subscribe(self, channel: str) -> None:
+        """Declare that this node has local subscribers on ``channel``. Idempotent."""
+        ...
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Declare that this node has no more local subscribers on ``channel``. Idempotent."""
+        ...
+
+    async def publish(self, channel: str, deliveries: Sequence[Delivery]) -> None:
+        """Hand ``deliveries`` to every node subscribed to ``channel`` (this one included), in
+        order. Two calls for the same channel from one node are delivered in call order."""
+        ...
+
+    async def claim_once(self, key: str, value: str, ttl_ms: int) -> str | None:
+        """Record ``key`` → ``value`` for ``ttl_ms`` unless ``key`` is already held.
+
+        Returns None when this call claimed the key, else the value stored by the first claim.
+        Used for ``singleUse`` token IDs and publish ``deduplicationId``s, cluster-wide.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Stop delivering and release resources. Idempotent."""
+        ...

@@ -1,0 +1,54 @@
+"""``MemoryBroker``: the single-node broker (``memory://``). Delivery is a direct call."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+
+from tidings.broker.base import Broker, DeliverFn, Delivery
+
+__all__ = ["MemoryBroker"]
+
+
+class MemoryBroker:
+    """Delivers synchronously to the local hub; claims live in a dict with expiry."""
+
+    def __init__(self) -> None:
+        self._deliver: DeliverFn | None = None
+        self._claims: dict[str, tuple[str, float]] = {}  # key -> (value, expires at, monotonic)
+        self._expiry: list[tuple[float, str]] = []  # heap to evict claims without full scans
+
+    async def start(self, deliver: DeliverFn) -> None:
+        self._deliver = deliver
+
+    async def subscribe(self, channel: str) -> None:
+        return None
+
+    async def unsubscribe(self, channel: str) -> None:
+        return None
+
+    async def publish(self, channel: str, deliveries: Sequence[Delivery]) -> None:
+        if self._deliver is not None:
+            self._deliver(channel, deliveries)
+
+    async def claim_once(self, key: str, value: str, ttl_ms: int) -> str | None:
+        now = time.monotonic()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, old = heapq.heappop(self._expiry)
+            held = self._claims.get(old)
+            if held is not None and held[1] <= now:
+                del self._claims[old]
+        held = self._claims.get(key)
+        if held is not None and held[1] > now:
+            return held[0]
+        expires = now + ttl_ms / 1000
+        self._claims[key] = (value, expires)
+        heapq.heappush(self._expiry, (expires, key))
+        return None
+
+    async def aclose(self) -> None:
+        self._deliver = None
+
+
+_: type[Broker] = MemoryBroker

@@ -1,0 +1,102 @@
+"""Validation of channel names, event names and payload sizes (spec §2.1)."""
+
+from __future__ import annotations
+
+from typing import Any, NewType
+
+from tidings.core.json import dumps
+from tidings.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "DATA_MAX_BYTES",
+    "PRESENCE_PREFIX",
+    "STORE_MAX_SECONDS",
+    "UID_MAX_CHARS",
+    "UMD_MAX_BYTES",
+    "Channel",
+    "is_presence",
+    "is_valid_channel",
+    "validate_channel",
+    "validate_data",
+    "validate_event",
+    "validate_store",
+]
+
+Channel = NewType("Channel", str)
+
+CHANNEL_MAX_CHARS = 256
+EVENT_MAX_CHARS = 128
+UID_MAX_CHARS = 128
+DATA_MAX_BYTES = 32 * 1024
+UMD_MAX_BYTES = 1024
+STORE_MAX_SECONDS = 3_155_695_200
+PRESENCE_PREFIX = "presence."
+
+_FORBIDDEN_IN_CHANNEL = frozenset("*#,")
+
+
+def is_valid_channel(name: object) -> bool:
+    """True when ``name`` is a string usable as a channel name."""
+    if not isinstance(name, str) or not 1 <= len(name) <= CHANNEL_MAX_CHARS:
+        return False
+    return not any(ch in _FORBIDDEN_IN_CHANNEL or ch.isspace() for ch in name)
+
+
+def validate_channel(name: object, *, sent_as: str | None = None) -> Channel:
+    """Return ``name`` as a Channel or raise ``INVALID_CHANNEL``."""
+    if name is None:
+        raise ProtocolError(ErrorCode.INVALID_CHANNEL, "channel is required")
+    if not isinstance(name, str):
+        raise ProtocolError(ErrorCode.INVALID_CHANNEL, "channel must be a string")
+    if not is_valid_channel(name):
+        raise ProtocolError(
+            ErrorCode.INVALID_CHANNEL,
+            "channel must be 1-256 characters without '*', '#', ',' or whitespace",
+            channel=sent_as if sent_as is not None else name,
+        )
+    return Channel(name)
+
+
+def is_presence(channel: str) -> bool:
+    return channel.startswith(PRESENCE_PREFIX)
+
+
+def validate_event(name: object, *, reserved_ok: frozenset[str] = frozenset()) -> str:
+    """Return ``name`` or raise ``INVALID_EVENT``. ``reserved_ok`` lists allowed ``hotsock.*``."""
+    if name is None or name == "":
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "event is required")
+    if not isinstance(name, str):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "event must be a string")
+    if len(name) > EVENT_MAX_CHARS:
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "event must be at most 128 characters")
+    if "*" in name:
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "event must not contain '*'")
+    if name.startswith("#"):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "event must not start with '#'")
+    if name.startswith("hotsock.") and name not in reserved_ok:
+        raise ProtocolError(ErrorCode.INVALID_EVENT, f"event {name!r} is reserved")
+    return name
+
+
+def validate_data(data: Any) -> bytes:
+    """Encode ``data`` once and check the 32 KiB limit; returns the compact encoding."""
+    encoded = dumps(data)
+    if len(encoded) > DATA_MAX_BYTES:
+        raise ProtocolError(
+            ErrorCode.DATA_TOO_LARGE, f"data is {len(encoded)} bytes; the limit is {DATA_MAX_BYTES}"
+        )
+    return encoded
+
+
+def validate_store(value: object, *, field: str = "store") -> int:
+    """Return a message retention in seconds (-1 forever, 0 not stored) or raise
+    ``INVALID_MESSAGE``."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{field} must be an integer")
+    if value < -1 or value > STORE_MAX_SECONDS:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"{field} must be -1, 0 or up to {STORE_MAX_SECONDS} seconds"
+        )
+    return value

@@ -1,0 +1,204 @@
+"""Client frames in, server frames out (spec §5, §18.1). Pure: text in, typed commands out.
+
+``parse_client_frame`` turns one WebSocket text frame into a command object or raises
+``ProtocolError``; the ``*_frame`` builders return the compact JSON bytes of a server frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.core.json import dumps, loads
+from tidings.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "ClientMessage",
+    "Command",
+    "Heartbeat",
+    "Ping",
+    "Pong",
+    "Subscribe",
+    "Unsubscribe",
+    "connected_frame",
+    "error_frame",
+    "keepalive_frame",
+    "message_frame",
+    "meta_json",
+    "parse_client_frame",
+    "pong_frame",
+    "subscribed_frame",
+    "unsubscribed_frame",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    channel: str  # as the client sent it (may be an alias)
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A client-initiated channel message (spec §8)."""
+
+    channel: Any  # validated by the hub, which also resolves aliases
+    event: str
+    data: Any
+
+
+Command = Subscribe | Unsubscribe | Ping | Pong | Heartbeat | ClientMessage
+
+_SIMPLE: dict[str, Command] = {
+    "hotsock.ping": Ping(),
+    "hotsock.pong": Pong(),
+    "hotsock.heartbeat": Heartbeat(),
+}
+
+
+def parse_client_frame(text: str | bytes) -> Command:
+    """Parse one client text frame.
+
+    Raises:
+        ProtocolError: ``INVALID_MESSAGE`` for non-JSON/non-object frames or wrong field types,
+            ``INVALID_EVENT`` for a missing or unknown ``hotsock.*`` event, ``INVALID_CHANNEL``
+            for a missing channel where one is required. ``.channel`` is set when known.
+    """
+    frame = loads(text)
+    if not isinstance(frame, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
+    channel = frame.get("channel")
+    sent_channel = channel if isinstance(channel, str) else None
+    if channel is not None and not isinstance(channel, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "channel must be a string")
+    event = frame.get("event")
+    if event is None:
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "event is required", channel=sent_channel)
+    if not isinstance(event, str):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "event must be a string", channel=sent_channel
+        )
+    simple = _SIMPLE.get(event)
+    if simple is not None:
+        return simple
+    if event in ("hotsock.subscribe", "hotsock.unsubscribe"):
+        if channel is None or channel == "":
+            raise ProtocolError(ErrorCode.INVALID_CHANNEL, "channel is required")
+        if event == "hotsock.unsubscribe":
+            return Unsubscribe(channel)
+        return Subscribe(channel, _subscribe_token(frame.get("data"), channel))
+    if event.startswith("hotsock."):
+        raise ProtocolError(
+            ErrorCode.INVALID_EVENT, f"unknown or unsupported event {event!r}", channel=sent_channel
+        )
+    return ClientMessage(channel, event, frame.get("data"))
+
+
+def _subscribe_token(data: Any, channel: str) -> str | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data must be an object", channel=channel)
+    token = data.get("token")
+    if token is not None and not isinstance(token, str):
+        raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_TOKEN, "token must be a string", channel=channel)
+    return token
+
+
+# Server frames. Field order mirrors Hotsock's examples (spec §0).
+
+
+def _meta(uid: str | None, umd: Any, alias: str | None = None) -> dict[str, Any]:
+    if alias is None:
+        return {"uid": uid, "umd": umd}
+    return {"channelAlias": alias, "uid": uid, "umd": umd}
+
+
+def connected_frame(
+    connection_id: str, expires_at: str, secret: str, uid: str | None, umd: Any
+) -> bytes:
+    return dumps(
+        {
+            "event": "hotsock.connected",
+            "data": {
+                "connectionId": connection_id,
+                "connectionExpiresAt": expires_at,
+                "connectionSecret": secret,
+            },
+            "meta": _meta(uid, umd),
+        }
+    )
+
+
+def subscribed_frame(
+    channel: str,
+    *,
+    uid: str | None,
+    umd: Any,
+    alias: str | None = None,
+    members: list[dict[str, Any]] | None = None,
+    auto: bool = False,
+) -> bytes:
+    data: dict[str, Any] = {}
+    if members is not None:
+        data["members"] = members
+    if auto:
+        data["autoSubscribed"] = True
+    return dumps(
+        {"event": "hotsock.subscribed", "channel": channel, "data": data, "meta": _meta(uid, umd, alias)}
+    )
+
+
+def unsubscribed_frame(channel: str, *, uid: str | None, umd: Any, alias: str | None) -> bytes:
+    return dumps(
+        {"event": "hotsock.unsubscribed", "channel": channel, "data": {}, "meta": _meta(uid, umd, alias)}
+    )
+
+
+def message_frame(
+    message_id: str, event: str, channel: str, data_json: bytes, meta_json: bytes | None
+) -> bytes:
+    """A channel message, spliced from pre-encoded JSON so ``data`` is encoded only once."""
+    head = dumps({"id": message_id, "event": event, "channel": channel})
+    tail = b"}" if meta_json is None else b',"meta":' + meta_json + b"}"
+    return head[:-1] + b',"data":' + data_json + tail
+
+
+def meta_json(uid: str | None, umd_json: bytes) -> bytes:
+    return b'{"uid":' + dumps(uid) + b',"umd":' + umd_json + b"}"
+
+
+def error_frame(code: ErrorCode, message: str, channel: str | None = None) -> bytes:
+    frame: dict[str, Any] = {"event": "hotsock.error"}
+    if channel is not None:
+        frame["channel"] = channel
+    frame["error"] = {"code": code.value, "message": message}
+    return dumps(frame)
+
+
+def pong_frame() -> bytes:
+    return b'{"event":"hotsock.pong","data":{}}'
+
+
+def keepalive_frame() -> bytes:
+    return b'{"event":"hotsock.keepAlive","data":{}}'

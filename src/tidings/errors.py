@@ -1,0 +1,143 @@
+"""Exceptions and wire error codes.
+
+Tree::
+
+    TidingsError
+    ├── ConfigError (also ValueError)      invalid settings; stops start-up
+    ├── TokenError                         a JWT was refused (reason in .message)
+    ├── ProtocolError                      a request broke a protocol rule; carries an ErrorCode
+    └── StoreError                         the storage backend failed
+        └── StoreUnavailable               the backend cannot be reached right now (HTTP 503)
+
+``ProtocolError`` is what every adapter turns into the wire: a ``hotsock.error`` frame on the
+WebSocket, or an HTTP status with ``{"error": {"code", "message"}}`` (spec §18).
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "CloseCode",
+    "ConfigError",
+    "ErrorCode",
+    "ProtocolError",
+    "StoreError",
+    "StoreUnavailable",
+    "TidingsError",
+    "TokenError",
+]
+
+
+class ErrorCode(enum.StrEnum):
+    """Error codes of spec §18.2. ``http_status`` is the status used on HTTP routes."""
+
+    ALREADY_SUBSCRIBED = "ALREADY_SUBSCRIBED"
+    NOT_SUBSCRIBED = "NOT_SUBSCRIBED"
+    SUBSCRIBE_PERMISSION_DENIED = "SUBSCRIBE_PERMISSION_DENIED"
+    INVALID_SUBSCRIBE_TOKEN = "INVALID_SUBSCRIBE_TOKEN"
+    PRESENCE_CHANNEL_USER_ID_REQUIRED = "PRESENCE_CHANNEL_USER_ID_REQUIRED"
+    PRESENCE_CHANNEL_CAPACITY_REACHED = "PRESENCE_CHANNEL_CAPACITY_REACHED"
+    INVALID_CONNECT_TOKEN = "INVALID_CONNECT_TOKEN"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    INVALID_EVENT = "INVALID_EVENT"
+    INVALID_CHANNEL = "INVALID_CHANNEL"
+    DATA_TOO_LARGE = "DATA_TOO_LARGE"
+    INVALID_STORAGE_KEY = "INVALID_STORAGE_KEY"
+    INVALID_SCHEDULE = "INVALID_SCHEDULE"
+    INVALID_REACTION = "INVALID_REACTION"
+    PUBLISH_PERMISSION_DENIED = "PUBLISH_PERMISSION_DENIED"
+    SCHEDULE_PERMISSION_DENIED = "SCHEDULE_PERMISSION_DENIED"
+    STORAGE_PERMISSION_DENIED = "STORAGE_PERMISSION_DENIED"
+    REACTION_PERMISSION_DENIED = "REACTION_PERMISSION_DENIED"
+    GET_INFO_PERMISSION_DENIED = "GET_INFO_PERMISSION_DENIED"
+    SUBSCRIPTION_REQUIRED = "SUBSCRIPTION_REQUIRED"
+    USER_ID_REQUIRED = "USER_ID_REQUIRED"
+    INVALID_UMD_TOKEN = "INVALID_UMD_TOKEN"
+    UMD_UPDATE_PERMISSION_DENIED = "UMD_UPDATE_PERMISSION_DENIED"
+    MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS.get(self, 400)
+
+
+_HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_CONNECT_TOKEN: 401,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.PUBLISH_PERMISSION_DENIED: 403,
+    ErrorCode.SCHEDULE_PERMISSION_DENIED: 403,
+    ErrorCode.STORAGE_PERMISSION_DENIED: 403,
+    ErrorCode.REACTION_PERMISSION_DENIED: 403,
+    ErrorCode.GET_INFO_PERMISSION_DENIED: 403,
+    ErrorCode.SUBSCRIPTION_REQUIRED: 403,
+    ErrorCode.USER_ID_REQUIRED: 403,
+    ErrorCode.INVALID_UMD_TOKEN: 403,
+    ErrorCode.UMD_UPDATE_PERMISSION_DENIED: 403,
+    ErrorCode.SUBSCRIBE_PERMISSION_DENIED: 403,
+    ErrorCode.INVALID_SUBSCRIBE_TOKEN: 403,
+    ErrorCode.MESSAGE_NOT_FOUND: 404,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.ALREADY_SUBSCRIBED: 409,
+    ErrorCode.NOT_SUBSCRIBED: 409,
+    ErrorCode.PRESENCE_CHANNEL_CAPACITY_REACHED: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
+}
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes tidings sends (spec §4.4, §4.8)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # lifetime cap, idle, heartbeat timeout, server drain: reconnect
+    MESSAGE_TOO_BIG = 1009  # inbound frame over 128 KiB
+    INTERNAL_ERROR = 1011
+    SLOW_CONSUMER = 1013  # outbound queue over its bound: reconnect later
+
+
+class TidingsError(Exception):
+    """Root of every exception tidings raises on purpose."""
+
+
+class ConfigError(TidingsError, ValueError):
+    """A setting is invalid. The message is one full sentence naming the setting."""
+
+
+class TokenError(TidingsError):
+    """A JWT was refused. ``str(exc)`` is a reason safe to show the client."""
+
+
+class ProtocolError(TidingsError):
+    """A request broke a protocol rule.
+
+    Attributes:
+        code: the wire error code.
+        message: a human-readable explanation, safe to show the client.
+        channel: the channel name as the client sent it, when the request named one.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, channel: str | None = None) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.channel = channel
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class StoreError(TidingsError):
+    """The storage backend failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The storage backend cannot be reached; callers answer 503 and must not acknowledge."""

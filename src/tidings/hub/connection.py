@@ -1,0 +1,138 @@
+"""``Connection``: one client's state on this node, its bounded outbound queue and timers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.core.permissions import Permissions
+from tidings.core.tokens import Claims
+from tidings.errors import CloseCode
+from tidings.hub.outbound import Frame, Outlet
+
+__all__ = ["Connection", "Subscription"]
+
+
+@dataclass(slots=True)
+class Subscription:
+    """An active subscription of one connection to one channel (spec §6)."""
+
+    channel: str  # the real channel name
+    alias: str | None  # the alias the subscription was made under, if any
+    uid: str | None
+    umd: Any
+    umd_json: bytes  # compact JSON of ``umd``, precomputed for message ``meta``
+    permissions: Permissions  # layered directives (subscribe token over connect token)
+    subscribed_ms: int  # Unix ms; the default lower bound of listMessages
+    counted: bool  # False when ``omitFromSubCount`` applies
+    auto: bool  # created by autoSubscribe
+
+
+class Connection:
+    """A live client connection. The hub owns it; the WebSocket adapter feeds it frames.
+
+    Frames are written straight to the transport while it keeps up; once the transport pauses,
+    they wait in a bounded backlog drained by one short-lived task. A backlog over its bound
+    closes the connection with 1013 (slow consumer) without waiting for the peer.
+    """
+
+    def __init__(
+        self,
+        *,
+        connection_id: str,
+        secret: str,
+        claims: Claims,
+        outlet: Outlet,
+        connected_ms: int,
+        expires_ms: int,
+        source_ip: str | None,
+        user_agent: str | None,
+        max_frames: int,
+        max_bytes: int,
+    ) -> None:
+        self.id = connection_id
+        self.secret = secret  # never logged; dies with the connection
+        self.claims = claims  # the connect token
+        self.permissions = Permissions(claims.grants)  # connect-token-only directives
+        self.uid = claims.uid  # current connection-level uid/umd (umd may be updated later)
+        self.umd = claims.umd
+        self.connected_ms = connected_ms
+        self.expires_ms = expires_ms
+        self.source_ip = source_ip
+        self.user_agent = user_agent
+        self.subscriptions: dict[str, Subscription] = {}  # real channel -> subscription
+        self.closed = False
+        self.last_activity = 0.0  # loop time of the latest data frame either way
+        self.last_heartbeat = 0.0  # loop time of connect or the latest hotsock.heartbeat
+        self.timers: list[asyncio.TimerHandle] = []  # cancelled on close
+        self._outlet = outlet
+        self._backlog: deque[Frame] = deque()
+        self._backlog_bytes = 0
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._flusher: asyncio.Task[None] | None = None
+
+    # Public methods
+
+    def send(self, frame: Frame) -> None:
+        """Queue one frame; never blocks."""
+        self.send_many((frame,))
+
+    def send_many(self, frames: Sequence[Frame]) -> None:
+        """Queue frames in order; never blocks. Over the bound, the connection is closed 1013."""
+        if self.closed or not frames:
+            return
+        if not self._backlog and self._outlet.writable():
+            self._outlet.write(frames)
+            return
+        self._backlog.extend(frames)
+        self._backlog_bytes += sum(len(f) for f in frames)
+        if len(self._backlog) > self._max_frames or self._backlog_bytes > self._max_bytes:
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        elif self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing; idempotent and non-blocking. The adapter then reports the end to the
+        hub, which removes the subscriptions."""
+        if self.closed:
+            return
+        self.closed = True
+        self._backlog.clear()
+        for timer in self.timers:
+            timer.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self._outlet.close(code, reason)
+
+    def resolve_channel(self, name: str, extra: Callable[[str], str | None] | None = None) -> str:
+        """Spec §6.3: map a client-supplied name to the real channel (``extra`` looks up aliases
+        in a subscribe token first)."""
+        if name in self.subscriptions or self.claims.grants.has_exact_key(name):
+            return name
+        for sub in self.subscriptions.values():
+            if sub.alias == name:
+                return sub.channel
+        if extra is not None:
+            target = extra(name)
+            if target is not None:
+                return target
+        return self.claims.grants.alias_target(name) or name
+
+    # Private methods
+
+    async def _flush(self) -> None:
+        try:
+            while self._backlog and not self.closed:
+                await self._outlet.wait_writable()
+                if self.closed:
+                    return
+                frames = list(self._backlog)
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                self._outlet.write(frames)
+        finally:
+            self._flusher = None

@@ -1,0 +1,81 @@
+"""Shared pieces of the HTTP adapters: app keys, JSON error bodies (spec §18.3), body parsing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from tidings.core.json import dumps, loads
+from tidings.errors import ErrorCode, ProtocolError, StoreUnavailable
+from tidings.hub.hub import Hub
+
+__all__ = [
+    "HUB",
+    "error_middleware",
+    "error_response",
+    "json_response",
+    "read_json",
+]
+
+log = logging.getLogger("tidings.http")
+
+HUB = web.AppKey("hub", Hub)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    raw = body if isinstance(body, bytes) else dumps(body)
+    return web.Response(body=raw, status=status, content_type="application/json", headers=headers)
+
+
+def error_response(
+    code: ErrorCode, message: str, *, status: int | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response(
+        {"error": {"code": code.value, "message": message}},
+        status=status or code.http_status,
+        headers=headers,
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body parsed as JSON regardless of ``Content-Type`` (spec §10.1), capped at
+    the configured size."""
+    limit = request.app[HUB].settings.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {limit} bytes")
+    if not body.strip():
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be JSON")
+    return loads(body)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as ``{"error": {"code", "message"}}``; nothing leaks internals."""
+    try:
+        return await handler(request)
+    except ProtocolError as exc:
+        return error_response(exc.code, exc.message)
+    except StoreUnavailable:
+        return error_response(ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later")
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error_response(ErrorCode.NOT_FOUND, "no such route", status=404)
+        if exc.status == 405:
+            return error_response(ErrorCode.METHOD_NOT_ALLOWED, "method not allowed", status=405)
+        if exc.status == 413:
+            return error_response(ErrorCode.PAYLOAD_TOO_LARGE, "request body too large", status=413)
+        if exc.status < 400:
+            raise
+        return error_response(ErrorCode.INVALID_MESSAGE, exc.reason, status=exc.status)
+    except Exception:
+        log.exception("! unexpected failure on %s %s", request.method, request.path)
+        return error_response(ErrorCode.INTERNAL_ERROR, "internal error")

@@ -1,0 +1,116 @@
+"""The WebSocket endpoint (``GET /`` and ``/v1``): a thin pump between aiohttp and the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiohttp import WSMsgType, web
+
+from tidings.core import protocol
+from tidings.errors import ErrorCode, TokenError
+from tidings.hub.hub import Hub
+from tidings.hub.outbound import Frame
+from tidings.server.http import HUB, error_response
+
+__all__ = ["AiohttpOutlet", "websocket_handler"]
+
+log = logging.getLogger("tidings.websocket")
+
+_CLOSE_GRACE_SECONDS = 1.0  # after this a peer that does not finish the close handshake is cut
+
+
+class AiohttpOutlet:
+    """Writes pre-framed bytes straight to the connection's transport.
+
+    aiohttp's own ``send_str`` awaits per frame; fan-out instead writes the shared, already framed
+    bytes of a batch in one ``write`` call. Compression is never negotiated (``compress=False``),
+    which is what keeps pre-framing valid; should it ever be on, frames go through ``send_str``.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        writer = ws._writer  # the only private aiohttp access, kept to this class
+        assert writer is not None, "prepare() must run first"
+        self._transport = writer.transport
+        self._protocol = writer.protocol
+        self._raw = not ws.compress
+        self._closing = False
+
+    def write(self, frames: Sequence[Frame]) -> None:
+        if self._closing or self._transport.is_closing():
+            return
+        if self._raw:
+            if len(frames) == 1:
+                self._transport.write(frames[0].wire)
+            else:
+                self._transport.write(b"".join([f.wire for f in frames]))
+        else:
+            loop = asyncio.get_running_loop()
+            for f in frames:
+                loop.create_task(self._ws.send_str(f.payload.decode()))
+
+    def writable(self) -> bool:
+        return not self._protocol._paused
+
+    async def wait_writable(self) -> None:
+        if self._protocol._paused and not self._transport.is_closing():
+            await self._protocol._drain_helper()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(
+                self._ws.close(code=code, message=reason.encode()), _CLOSE_GRACE_SECONDS
+            )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            # a graceful transport close waits for the peer to take the buffered bytes, which a
+            # stuck peer never does: abort so the handler (and the hub's cleanup) can finish
+            self._transport.abort()
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    hub: Hub = request.app[HUB]
+    ws = web.WebSocketResponse(
+        max_msg_size=hub.settings.limits.max_frame_bytes, compress=False, autoping=True
+    )
+    if not ws.can_prepare(request).ok:
+        return error_response(
+            ErrorCode.INVALID_MESSAGE, "this endpoint needs a WebSocket upgrade (?token=…)", status=426
+        )
+    if hub.draining:
+        return error_response(ErrorCode.SERVICE_UNAVAILABLE, "server is shutting down", status=503)
+    try:
+        claims = await hub.authenticate(request.query.get("token"))
+    except TokenError as exc:
+        return error_response(ErrorCode.INVALID_CONNECT_TOKEN, str(exc))
+    await ws.prepare(request)
+    conn = hub.open_connection(
+        claims,
+        AiohttpOutlet(ws),
+        source_ip=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+    )
+    try:
+        await hub.start_connection(conn)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await hub.handle_frame(conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                conn.last_activity = asyncio.get_running_loop().time()
+                conn.send(
+                    Frame(protocol.error_frame(ErrorCode.INVALID_MESSAGE, "binary frames are not supported"))
+                )
+            elif msg.type is WSMsgType.ERROR:
+                break
+    finally:
+        hub.close_connection(conn)
+    return ws
