@@ -151,11 +151,11 @@ class Server:
         client.connected = await client.expect("hotsock.connected")
         return client
 
-    async def publish(
-        self, body: Any, *, key: str = API_KEY, status: int = 202
-    ) -> Any:
+    async def publish(self, body: Any, *, key: str = API_KEY, status: int = 202) -> Any:
         async with self.http.post(
-            f"{self.base}/publish", data=orjson.dumps(body), headers={"Authorization": f"Bearer {key}"}
+            f"{self.base}/publish",
+            data=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {key}"},
         ) as resp:
             payload = await resp.json(content_type=None)
             assert resp.status == status, (resp.status, payload)

@@ -115,7 +115,9 @@ class Settings:
             except OSError as exc:
                 raise ConfigError(f"The config file {config_file} cannot be read: {exc}.") from exc
             except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"The config file {config_file} is not valid TOML: {exc}.") from exc
+                raise ConfigError(
+                    f"The config file {config_file} is not valid TOML: {exc}."
+                ) from exc
         for name, value in env.items():
             if name.startswith("TIDINGS_") and value != "":
                 values[name[len("TIDINGS_") :].lower()] = value
@@ -126,9 +128,7 @@ class Settings:
         secret = secrets.token_bytes(32)
         api_key = self.auth.api_keys[0].value if self.auth.api_keys else secrets.token_urlsafe(24)
         key = SigningKeySetting("HS256", Secret(base64.b64encode(secret).decode("ascii")))
-        auth = replace(
-            self.auth, signing_keys=(key,), api_keys=(Secret(api_key),), dev_mode=True
-        )
+        auth = replace(self.auth, signing_keys=(key,), api_keys=(Secret(api_key),), dev_mode=True)
         return replace(self, auth=auth), secret, api_key
 
     # Private methods
@@ -142,10 +142,13 @@ class Settings:
                 continue
             if not method or not value:
                 raise ConfigError(
-                    f"TIDINGS_SIGNING_KEY{n} and TIDINGS_SIGNING_KEY{n}_METHOD must be set together."
+                    f"TIDINGS_SIGNING_KEY{n} and TIDINGS_SIGNING_KEY{n}_METHOD "
+                    "must be set together."
                 )
             kid = v.get(f"signing_key{n}_id") or None
-            keys.append(SigningKeySetting(_str(method, "SIGNING_KEY_METHOD"), Secret(str(value)), kid))
+            keys.append(
+                SigningKeySetting(_str(method, "SIGNING_KEY_METHOD"), Secret(str(value)), kid)
+            )
         api_keys = tuple(Secret(str(v[k])) for k in ("api_key1", "api_key2") if v.get(k))
         origins = v.get("cors_origins", "*")
         if isinstance(origins, str):
@@ -166,7 +169,9 @@ class Settings:
                 api_keys=api_keys,
                 audience=v.get("token_audience") or None,
                 issuer=v.get("token_issuer") or None,
-                leeway_seconds=_int(v.get("token_leeway_seconds", 0), "TOKEN_LEEWAY_SECONDS", 0, 3600),
+                leeway_seconds=_int(
+                    v.get("token_leeway_seconds", 0), "TOKEN_LEEWAY_SECONDS", 0, 3600
+                ),
             ),
             limits=LimitSettings(
                 max_subscriptions=_int(

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import websockets
-
 from tests.conftest import MS, Server, StartServer, make_token
 
 OPEN = {"channels": {"room": {"subscribe": True, "messages": {"*": {"publish": True}}}}}
@@ -49,8 +48,12 @@ async def test_client_connect_with_bad_token_gets_401(server: Server, token: str
     async with server.http.get(
         server.ws_url,
         params={"token": token},
-        headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
     ) as resp:
         assert resp.status == 401
         body = await resp.json()
@@ -95,8 +98,12 @@ async def test_subscribe_and_receive_server_message(server: Server) -> None:
     """A subscriber receives a server publish without meta, with a ULID id."""
     client = await server.connect(OPEN)
     sub = await client.subscribe("room")
-    assert sub == {"event": "hotsock.subscribed", "channel": "room", "data": {},
-                   "meta": {"uid": None, "umd": None}}
+    assert sub == {
+        "event": "hotsock.subscribed",
+        "channel": "room",
+        "data": {},
+        "meta": {"uid": None, "umd": None},
+    }
     await server.publish({"channel": "room", "event": "hello", "data": {"x": 1}})
     msg = await client.recv()
     assert set(msg) == {"id", "event", "channel", "data"}
@@ -117,8 +124,11 @@ async def test_subscribe_errors(server: Server) -> None:
     await client.subscribe("room")
     await client.send({"event": "hotsock.subscribe", "channel": "room"})
     err = await client.expect("hotsock.error")
-    assert err == {"event": "hotsock.error", "channel": "room",
-                   "error": {"code": "ALREADY_SUBSCRIBED", "message": err["error"]["message"]}}
+    assert err == {
+        "event": "hotsock.error",
+        "channel": "room",
+        "error": {"code": "ALREADY_SUBSCRIBED", "message": err["error"]["message"]},
+    }
     await client.send({"event": "hotsock.unsubscribe", "channel": "other"})
     assert (await client.expect("hotsock.error"))["error"]["code"] == "NOT_SUBSCRIBED"
     await client.send({"event": "hotsock.subscribe", "channel": "secret"})
@@ -134,8 +144,12 @@ async def test_unsubscribe_stops_delivery(server: Server) -> None:
     client = await server.connect(OPEN)
     await client.subscribe("room")
     await client.send({"event": "hotsock.unsubscribe", "channel": "room"})
-    assert await client.recv() == {"event": "hotsock.unsubscribed", "channel": "room", "data": {},
-                                   "meta": {"uid": None, "umd": None}}
+    assert await client.recv() == {
+        "event": "hotsock.unsubscribed",
+        "channel": "room",
+        "data": {},
+        "meta": {"uid": None, "umd": None},
+    }
     await server.publish({"channel": "room", "event": "e"})
     await client.nothing()
 
@@ -168,17 +182,28 @@ async def test_subscribe_with_bad_subscribe_token(
 ) -> None:
     """Unbound, foreign or wrong-scope subscribe tokens → INVALID_SUBSCRIBE_TOKEN."""
     client = await server.connect({"uid": "u1"})
-    await client.send({"event": "hotsock.subscribe", "channel": "x",
-                       "data": {"token": make_token(claims, scope=scope)}})
+    await client.send(
+        {
+            "event": "hotsock.subscribe",
+            "channel": "x",
+            "data": {"token": make_token(claims, scope=scope)},
+        }
+    )
     err = await client.expect("hotsock.error")
     assert err["error"]["code"] == "INVALID_SUBSCRIBE_TOKEN" and err["channel"] == "x"
 
 
 async def test_single_use_subscribe_token_replay_refused(server: Server) -> None:
     client = await server.connect({"uid": "u1"})
-    token = make_token({"uid": "u1", "singleUse": True, "jti": "sub-once",
-                        "channels": {"a": {"subscribe": True}, "b": {"subscribe": True}}},
-                       scope="subscribe")
+    token = make_token(
+        {
+            "uid": "u1",
+            "singleUse": True,
+            "jti": "sub-once",
+            "channels": {"a": {"subscribe": True}, "b": {"subscribe": True}},
+        },
+        scope="subscribe",
+    )
     await client.subscribe("a", token)
     await client.send({"event": "hotsock.subscribe", "channel": "b", "data": {"token": token}})
     assert (await client.expect("hotsock.error"))["error"]["code"] == "INVALID_SUBSCRIBE_TOKEN"
@@ -201,8 +226,12 @@ async def test_client_publish_needs_subscription(server: Server) -> None:
 
 async def test_client_broadcast_without_subscription(server: Server) -> None:
     """broadcast: true publishes without subscribing; echo sends the sender a copy."""
-    claims = {"uid": "b", "channels": {"room": {"subscribe": True,
-              "messages": {"tele": {"broadcast": True, "echo": True}}}}}
+    claims = {
+        "uid": "b",
+        "channels": {
+            "room": {"subscribe": True, "messages": {"tele": {"broadcast": True, "echo": True}}}
+        },
+    }
     sender = await server.connect(claims)
     receiver = await server.connect(OPEN)
     await receiver.subscribe("room")
@@ -215,8 +244,14 @@ async def test_client_broadcast_without_subscription(server: Server) -> None:
 
 
 async def test_client_publish_explicit_false_denies(server: Server) -> None:
-    claims = {"channels": {"room": {"subscribe": True, "messages": {
-        "*": {"publish": True, "broadcast": True}, "nope": {"publish": False}}}}}
+    claims = {
+        "channels": {
+            "room": {
+                "subscribe": True,
+                "messages": {"*": {"publish": True, "broadcast": True}, "nope": {"publish": False}},
+            }
+        }
+    }
     client = await server.connect(claims)
     await client.subscribe("room")
     await client.send({"channel": "room", "event": "nope"})
@@ -240,8 +275,21 @@ async def test_client_publish_explicit_false_denies(server: Server) -> None:
         ("[" * 5000 + "]" * 5000, "INVALID_MESSAGE"),
         ('{"event":"hotsock.subscribe","channel":"room","data":"tok"}', "INVALID_MESSAGE"),
     ],
-    ids=["not-json", "array", "event-type", "unknown-hotsock", "no-event", "channel-type",
-         "star-event", "hash-event", "bad-channel", "long-event", "big-data", "deep", "data-type"],
+    ids=[
+        "not-json",
+        "array",
+        "event-type",
+        "unknown-hotsock",
+        "no-event",
+        "channel-type",
+        "star-event",
+        "hash-event",
+        "bad-channel",
+        "long-event",
+        "big-data",
+        "deep",
+        "data-type",
+    ],
 )
 async def test_bad_frames_get_errors_and_connection_survives(
     server: Server, frame: str, code: str
@@ -281,7 +329,9 @@ async def test_subscription_cap_per_connection(start_server: StartServer) -> Non
     await client.subscribe("b")
     await client.send({"event": "hotsock.subscribe", "channel": "c"})
     err = await client.expect("hotsock.error")
-    assert err["error"]["code"] == "SUBSCRIBE_PERMISSION_DENIED" and "limit" in err["error"]["message"]
+    assert (
+        err["error"]["code"] == "SUBSCRIBE_PERMISSION_DENIED" and "limit" in err["error"]["message"]
+    )
 
 
 async def test_idle_timeout_closes_1001(start_server: StartServer) -> None:
@@ -372,22 +422,29 @@ async def test_message_order_and_monotonic_ids(server: Server) -> None:
     """IDs strictly increase per channel and arrive in that order."""
     client = await server.connect(OPEN)
     await client.subscribe("room")
-    await asyncio.gather(*[
-        server.publish({"channel": "room", "event": "n", "data": i}) for i in range(50)
-    ])
+    await asyncio.gather(
+        *[server.publish({"channel": "room", "event": "n", "data": i}) for i in range(50)]
+    )
     ids = [(await client.recv())["id"] for _ in range(50)]
     assert ids == sorted(ids) and len(set(ids)) == 50
 
 
 async def test_wildcard_and_regex_channel_keys(server: Server) -> None:
-    claims = {"channels": {"chat.*": {"subscribe": True}, "#regex:^user\\.[0-9]+$": {"subscribe": True},
-                           "chat.secret": {"subscribe": False}}}
+    claims = {
+        "channels": {
+            "chat.*": {"subscribe": True},
+            "#regex:^user\\.[0-9]+$": {"subscribe": True},
+            "chat.secret": {"subscribe": False},
+        }
+    }
     client = await server.connect(claims)
     await client.subscribe("chat.a.b")
     await client.subscribe("user.42")
     for denied in ("chat.secret", "user.x"):
         await client.send({"event": "hotsock.subscribe", "channel": denied})
-        assert (await client.expect("hotsock.error"))["error"]["code"] == "SUBSCRIBE_PERMISSION_DENIED"
+        assert (await client.expect("hotsock.error"))["error"][
+            "code"
+        ] == "SUBSCRIBE_PERMISSION_DENIED"
 
 
 async def test_token_with_invalid_regex_refused(server: Server) -> None:
@@ -397,8 +454,16 @@ async def test_token_with_invalid_regex_refused(server: Server) -> None:
 
 
 async def test_auto_subscribe_and_alias(server: Server) -> None:
-    claims = {"uid": "u", "channels": {"user.123": {"autoSubscribe": True, "alias": "me",
-                                                     "messages": {"*": {"publish": True, "echo": True}}}}}
+    claims = {
+        "uid": "u",
+        "channels": {
+            "user.123": {
+                "autoSubscribe": True,
+                "alias": "me",
+                "messages": {"*": {"publish": True, "echo": True}},
+            }
+        },
+    }
     client = await server.connect(claims)
     sub = await client.expect("hotsock.subscribed")
     assert sub["channel"] == "user.123" and sub["data"] == {"autoSubscribed": True}
@@ -444,5 +509,3 @@ async def test_graceful_stop_closes_1001(start_server: StartServer) -> None:
 
 async def _noop() -> None:
     return None
-
-

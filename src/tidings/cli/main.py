@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tidings", description="Hotsock-compatible real-time server")
+    parser = argparse.ArgumentParser(
+        prog="tidings", description="Hotsock-compatible real-time server"
+    )
     parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     sub = parser.add_subparsers(required=True, metavar="command")
 
@@ -85,14 +87,21 @@ def _serve(args: argparse.Namespace) -> int:
     if not settings.auth.signing_keys:
         settings, dev_secret, _ = settings.with_dev_keys()
     elif not settings.auth.api_keys:
-        log.warning("! no TIDINGS_API_KEY1 set: POST /publish and /channels/* will refuse every call")
+        log.warning(
+            "! no TIDINGS_API_KEY1 set: POST /publish and /channels/* will refuse every call"
+        )
 
     def on_ready(node: Node) -> None:
         host = settings.server.host
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         base = f"{shown}:{node.port}"
-        log.info("= tidings %s ready on http://%s (store %s, broker %s)", __version__, base,
-                 _redact_url(settings.backends.store), _redact_url(settings.backends.broker))
+        log.info(
+            "= tidings %s ready on http://%s (store %s, broker %s)",
+            __version__,
+            base,
+            _redact_url(settings.backends.store),
+            _redact_url(settings.backends.broker),
+        )
         if dev_secret is not None:
             _print_dev_banner(base, dev_secret, settings.auth.api_keys[0].value)
 
@@ -120,13 +129,13 @@ def _print_dev_banner(base: str, secret: bytes, api_key: str) -> None:
     lines = [
         "",
         "  tidings is running in DEV MODE: signing and API keys were generated for this run only.",
-        "  Set TIDINGS_SIGNING_KEY1_METHOD / TIDINGS_SIGNING_KEY1 / TIDINGS_API_KEY1 for production.",
+        "  In production set TIDINGS_SIGNING_KEY1_METHOD, TIDINGS_SIGNING_KEY1, TIDINGS_API_KEY1.",
         "",
         f"  WebSocket:  ws://{base}/?token=<JWT>",
         f"  Console:    http://{base}/console/?token={token}",
         f"  API key:    {api_key}",
         f"  Publish:    curl -X POST http://{base}/publish -H 'Authorization: Bearer {api_key}' "
-        f"-d '{{\"channel\":\"{DEMO_CHANNEL}\",\"event\":\"hello\",\"data\":\"hi\",\"store\":3600}}'",
+        f'-d \'{{"channel":"{DEMO_CHANNEL}","event":"hello","data":"hi","store":3600}}\'',
         "",
         f"  Demo token (1 hour; subscribe/publish on channel '{DEMO_CHANNEL}', uid demo-user):",
         f"  {token}",
@@ -154,7 +163,8 @@ def _token(args: argparse.Namespace) -> int:
         raise ConfigError("The claims argument must be a JSON object.")
     if not settings.auth.signing_keys:
         raise ConfigError(
-            "No signing key is configured: set TIDINGS_SIGNING_KEY1_METHOD and TIDINGS_SIGNING_KEY1."
+            "No signing key is configured: "
+            "set TIDINGS_SIGNING_KEY1_METHOD and TIDINGS_SIGNING_KEY1."
         )
     key = settings.auth.signing_keys[0]
     material: Any
@@ -180,7 +190,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from tidings.sdk.publisher import PublishError, Publisher
+    from tidings.sdk.publisher import Publisher, PublishError
 
     settings = _settings(args)
     if not settings.auth.api_keys:

@@ -121,7 +121,9 @@ def _subscribe_token(data: Any, channel: str) -> str | None:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data must be an object", channel=channel)
     token = data.get("token")
     if token is not None and not isinstance(token, str):
-        raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_TOKEN, "token must be a string", channel=channel)
+        raise ProtocolError(
+            ErrorCode.INVALID_SUBSCRIBE_TOKEN, "token must be a string", channel=channel
+        )
     return token
 
 
@@ -165,13 +167,23 @@ def subscribed_frame(
     if auto:
         data["autoSubscribed"] = True
     return dumps(
-        {"event": "hotsock.subscribed", "channel": channel, "data": data, "meta": _meta(uid, umd, alias)}
+        {
+            "event": "hotsock.subscribed",
+            "channel": channel,
+            "data": data,
+            "meta": _meta(uid, umd, alias),
+        }
     )
 
 
 def unsubscribed_frame(channel: str, *, uid: str | None, umd: Any, alias: str | None) -> bytes:
     return dumps(
-        {"event": "hotsock.unsubscribed", "channel": channel, "data": {}, "meta": _meta(uid, umd, alias)}
+        {
+            "event": "hotsock.unsubscribed",
+            "channel": channel,
+            "data": {},
+            "meta": _meta(uid, umd, alias),
+        }
     )
 
 

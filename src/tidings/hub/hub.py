@@ -134,7 +134,10 @@ class Hub:
         self.store = store
         self.broker = broker
         self.gate = TokenGate(
-            keys=[SigningKey.from_setting(k.method, k.value.value, k.kid) for k in settings.auth.signing_keys],
+            keys=[
+                SigningKey.from_setting(k.method, k.value.value, k.kid)
+                for k in settings.auth.signing_keys
+            ],
             audience=settings.auth.audience,
             issuer=settings.auth.issuer,
             leeway=settings.auth.leeway_seconds,
@@ -233,7 +236,9 @@ class Hub:
             try:
                 await self.subscribe(conn, channel, None, auto=True)
             except ProtocolError as exc:
-                conn.send(Frame(protocol.error_frame(exc.code, exc.message, exc.channel or channel)))
+                conn.send(
+                    Frame(protocol.error_frame(exc.code, exc.message, exc.channel or channel))
+                )
 
     def close_connection(self, conn: Connection) -> None:
         """Remove a closed connection and its subscriptions (spec §4.7). Idempotent."""
@@ -291,7 +296,9 @@ class Hub:
                 sub_claims = self.gate.verify(token, scope=Scope.SUBSCRIBE, now=time.time())
                 check_binding(sub_claims, connection_id=conn.id, uid=conn.uid)
             except TokenError as exc:
-                raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_TOKEN, str(exc), channel=sent) from exc
+                raise ProtocolError(
+                    ErrorCode.INVALID_SUBSCRIBE_TOKEN, str(exc), channel=sent
+                ) from exc
         extra = sub_claims.grants.alias_target if sub_claims is not None else None
         channel = conn.resolve_channel(sent, extra)
         validate_channel(channel, sent_as=sent)
@@ -306,7 +313,9 @@ class Hub:
         perms = Permissions(conn.claims.grants, sub_claims.grants if sub_claims else None)
         if not perms.can_subscribe(channel):
             raise ProtocolError(
-                ErrorCode.SUBSCRIBE_PERMISSION_DENIED, "subscribe not permitted for channel", channel=sent
+                ErrorCode.SUBSCRIBE_PERMISSION_DENIED,
+                "subscribe not permitted for channel",
+                channel=sent,
             )
         uid, umd = conn.uid, conn.umd
         if sub_claims is not None:
@@ -322,7 +331,9 @@ class Hub:
             try:
                 await self._consume_single_use(sub_claims, "subscribe token")
             except TokenError as exc:
-                raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_TOKEN, str(exc), channel=sent) from exc
+                raise ProtocolError(
+                    ErrorCode.INVALID_SUBSCRIBE_TOKEN, str(exc), channel=sent
+                ) from exc
         if conn.closed or channel in conn.subscriptions:  # changed while awaiting the claim
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED, "already subscribed", channel=sent)
         alias = None
@@ -454,7 +465,8 @@ class Hub:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{flag} must be a boolean")
         if body.get("scheduleExpression") is not None:
             raise ProtocolError(
-                ErrorCode.INVALID_SCHEDULE, "scheduled publishing is not supported by this server yet"
+                ErrorCode.INVALID_SCHEDULE,
+                "scheduled publishing is not supported by this server yet",
             )
         return Publication(
             channel=channel,
@@ -509,7 +521,9 @@ class Hub:
                     _fail(future, exc)
                     continue
                 if original is not None:
-                    _resolve(future, PublishResult(pub.channel, pub.event, original, duplicate=True))
+                    _resolve(
+                        future, PublishResult(pub.channel, pub.event, original, duplicate=True)
+                    )
                     continue
             live.append((pub, future))
         records = [pub.record() for pub, _ in live if pub.store_seconds != 0]
@@ -527,7 +541,8 @@ class Hub:
             return
         deliveries = [
             Delivery(
-                protocol.message_frame(p.id, p.event, p.channel, p.data_json, p.meta_json), p.exclude
+                protocol.message_frame(p.id, p.event, p.channel, p.data_json, p.meta_json),
+                p.exclude,
             )
             for p, _ in live
         ]
@@ -548,7 +563,11 @@ class Hub:
         if future.cancelled() or future.exception() is None:
             return
         exc = future.exception()
-        code = ErrorCode.SERVICE_UNAVAILABLE if isinstance(exc, StoreUnavailable) else ErrorCode.INTERNAL_ERROR
+        code = (
+            ErrorCode.SERVICE_UNAVAILABLE
+            if isinstance(exc, StoreUnavailable)
+            else ErrorCode.INTERNAL_ERROR
+        )
         conn.send(Frame(protocol.error_frame(code, "message could not be published", channel)))
 
     # Fan-out
@@ -588,12 +607,16 @@ class Hub:
         for name in ("after", "before"):
             value = body.get(name)
             if value is not None and not is_ulid(value):
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name} must be a message ID (ULID)")
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE, f"{name} must be a message ID (ULID)"
+                )
             bounds[name] = value
         sub = conn.subscriptions.get(channel)
         if sub is None:
             raise ProtocolError(
-                ErrorCode.SUBSCRIPTION_REQUIRED, "listMessages needs an active subscription", channel=sent
+                ErrorCode.SUBSCRIPTION_REQUIRED,
+                "listMessages needs an active subscription",
+                channel=sent,
             )
         start = sub.permissions.history_start(channel)
         lower_ms = start * 1000 if start is not None else sub.subscribed_ms
@@ -630,13 +653,16 @@ class Hub:
         t = self.settings.timeouts
         conn.last_activity = conn.last_heartbeat = loop.time()
         conn.timers.append(
-            loop.call_later(t.max_connection_seconds, conn.close, CloseCode.GOING_AWAY, "connection expired")
+            loop.call_later(
+                t.max_connection_seconds, conn.close, CloseCode.GOING_AWAY, "connection expired"
+            )
         )
         if t.idle_timeout_seconds > 0:
             self._watch(conn, "last_activity", t.idle_timeout_seconds, "idle timeout")
         if conn.claims.heartbeat_timeout:
             self._watch(conn, "last_heartbeat", conn.claims.heartbeat_timeout, "heartbeat timeout")
         if conn.claims.keep_alive:
+
             def keepalive() -> None:
                 conn.send(Frame(protocol.keepalive_frame()))
                 conn.timers.append(loop.call_later(t.keepalive_seconds, keepalive))

@@ -74,15 +74,26 @@ async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
     for item, outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             failure = failure or outcome
-            code = ErrorCode.SERVICE_UNAVAILABLE if isinstance(outcome, StoreUnavailable) else ErrorCode.INTERNAL_ERROR
+            code = (
+                ErrorCode.SERVICE_UNAVAILABLE
+                if isinstance(outcome, StoreUnavailable)
+                else ErrorCode.INTERNAL_ERROR
+            )
             results.append({"error": {"code": code.value, "message": "not published"}})
         else:
             results.append(_result_body(outcome, item.get("eagerIdGeneration") is True))
     if failure is None:
         return json_response(results, status=202)
-    code = ErrorCode.SERVICE_UNAVAILABLE if isinstance(failure, StoreUnavailable) else ErrorCode.INTERNAL_ERROR
+    code = (
+        ErrorCode.SERVICE_UNAVAILABLE
+        if isinstance(failure, StoreUnavailable)
+        else ErrorCode.INTERNAL_ERROR
+    )
     return json_response(
-        {"error": {"code": code.value, "message": "some messages were not published"}, "results": results},
+        {
+            "error": {"code": code.value, "message": "some messages were not published"},
+            "results": results,
+        },
         status=code.http_status,
     )
 
@@ -116,7 +127,9 @@ async def connection_api(request: web.Request) -> web.Response:
     except ProtocolError as exc:
         response = error_response(exc.code, exc.message)
     except StoreUnavailable:
-        response = error_response(ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later")
+        response = error_response(
+            ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later"
+        )
     response.headers.update(cors)
     return response
 
@@ -124,14 +137,18 @@ async def connection_api(request: web.Request) -> web.Response:
 async def _connection_operation(request: web.Request) -> web.Response:
     if request.method != "POST":
         return error_response(
-            ErrorCode.METHOD_NOT_ALLOWED, "the Client HTTP API takes POST only", headers={"Allow": "POST, OPTIONS"}
+            ErrorCode.METHOD_NOT_ALLOWED,
+            "the Client HTTP API takes POST only",
+            headers={"Allow": "POST, OPTIONS"},
         )
     operation = request.match_info["operation"]
     handler = _OPERATIONS.get(operation)
     if handler is None:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"unknown operation {operation!r}")
     hub = request.app[HUB]
-    conn = hub.authorize_http(request.query.get("connectionId"), request.query.get("connectionSecret"))
+    conn = hub.authorize_http(
+        request.query.get("connectionId"), request.query.get("connectionSecret")
+    )
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be a JSON object")

@@ -27,7 +27,9 @@ STATIC = Path(__file__).parent / "static"
 
 def create_app(hub: Hub) -> web.Application:
     """The aiohttp application for ``hub`` (not started)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=hub.settings.limits.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=hub.settings.limits.max_body_bytes
+    )
     app[HUB] = hub
     app[READY] = asyncio.Event()
     app.router.add_get("/", websocket_handler)
@@ -64,7 +66,11 @@ class Node:
         self.app = create_app(self.hub)
         # tokens travel in the query string: let long ones reach the token gate for a JSON 401
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, max_line_size=65536, max_field_size=16384
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            max_line_size=65536,
+            max_field_size=16384,
         )
         self.port: int | None = None
 

@@ -25,13 +25,19 @@ log = logging.getLogger("tidings.http")
 HUB = web.AppKey("hub", Hub)
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     raw = body if isinstance(body, bytes) else dumps(body)
     return web.Response(body=raw, status=status, content_type="application/json", headers=headers)
 
 
 def error_response(
-    code: ErrorCode, message: str, *, status: int | None = None, headers: dict[str, str] | None = None
+    code: ErrorCode,
+    message: str,
+    *,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     return json_response(
         {"error": {"code": code.value, "message": message}},

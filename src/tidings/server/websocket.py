@@ -84,7 +84,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return error_response(
-            ErrorCode.INVALID_MESSAGE, "this endpoint needs a WebSocket upgrade (?token=…)", status=426
+            ErrorCode.INVALID_MESSAGE,
+            "this endpoint needs a WebSocket upgrade (?token=…)",
+            status=426,
         )
     if hub.draining:
         return error_response(ErrorCode.SERVICE_UNAVAILABLE, "server is shutting down", status=503)
@@ -107,7 +109,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             elif msg.type is WSMsgType.BINARY:
                 conn.last_activity = asyncio.get_running_loop().time()
                 conn.send(
-                    Frame(protocol.error_frame(ErrorCode.INVALID_MESSAGE, "binary frames are not supported"))
+                    Frame(
+                        protocol.error_frame(
+                            ErrorCode.INVALID_MESSAGE, "binary frames are not supported"
+                        )
+                    )
                 )
             elif msg.type is WSMsgType.ERROR:
                 break

@@ -72,7 +72,9 @@ class Store(Protocol):
         ``reverse``. Never blocks the event loop."""
         ...
 
-    async def get_message(self, channel: str, message_id: str, *, now_ms: int) -> MessageRecord | None:
+    async def get_message(
+        self, channel: str, message_id: str, *, now_ms: int
+    ) -> MessageRecord | None:
         """The unexpired record with that ID on that channel, or None."""
         ...
 

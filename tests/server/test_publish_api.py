@@ -1,0 +1,162 @@
+"""POST /publish (spec §15) and the HTTP error contract (§18.3)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tests.conftest import API_KEY2, Server
+
+OPEN = {"channels": {"room": {"subscribe": True}}}
+
+
+async def _post(
+    server: Server, body: bytes | str, headers: dict[str, str] | None = None
+) -> tuple[int, object]:
+    async with server.http.post(f"{server.base}/publish", data=body, headers=headers or {}) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_publish_returns_202_and_delivers(server: Server) -> None:
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    body = await server.publish({"channel": "room", "event": "e", "data": [1, "two"]})
+    assert body == {"channel": "room", "event": "e"}
+    assert (await client.recv())["data"] == [1, "two"]
+
+
+async def test_publish_with_second_api_key(server: Server) -> None:
+    await server.publish({"channel": "room", "event": "e"}, key=API_KEY2)
+
+
+@pytest.mark.parametrize(
+    "header", [None, "Bearer wrong", "Basic test-api-key-1", "Bearer tést-ключ", "Bearer"]
+)
+async def test_publish_with_bad_key_gets_401(server: Server, header: str | None) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    status, body = await _post(server, b'{"channel":"room","event":"e"}', headers)
+    assert status == 401
+    assert body == {"error": {"code": "UNAUTHORIZED", "message": "missing or invalid API key"}}
+
+
+async def test_publish_eager_id_matches_delivered_id(server: Server) -> None:
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    body = await server.publish({"channel": "room", "event": "e", "eagerIdGeneration": True})
+    assert (await client.recv())["id"] == body["id"]
+
+
+async def test_publish_deduplication_drops_repeat(server: Server) -> None:
+    """A repeated deduplicationId is accepted (202) but not delivered; eager returns the
+    original ID."""
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    msg = {"channel": "room", "event": "e", "deduplicationId": "d-1", "eagerIdGeneration": True}
+    first = await server.publish(msg)
+    second = await server.publish(msg)
+    assert first == second
+    assert (await client.recv())["id"] == first["id"]
+    await client.nothing()
+    await server.publish({**msg, "deduplicationId": "d-2"})
+    assert (await client.recv())["id"] != first["id"]
+
+
+async def test_publish_array_in_order(server: Server) -> None:
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    items = [
+        {"channel": "room", "event": "n", "data": i, "eagerIdGeneration": i % 2 == 0}
+        for i in range(20)
+    ]
+    results = await server.publish(items)
+    assert [r.get("id") is not None for r in results] == [i % 2 == 0 for i in range(20)]
+    got = [await client.recv() for _ in range(20)]
+    assert [m["data"] for m in got] == list(range(20))
+    assert [m["id"] for m in got] == sorted(m["id"] for m in got)
+
+
+async def test_publish_array_with_one_bad_item_publishes_nothing(server: Server) -> None:
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    body = await server.publish(
+        [{"channel": "room", "event": "ok"}, {"channel": "room", "event": "hotsock.x"}], status=400
+    )
+    assert body["error"]["code"] == "INVALID_EVENT" and "message 1" in body["error"]["message"]
+    await client.nothing()
+
+
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        (b"", "INVALID_MESSAGE"),
+        (b"{", "INVALID_MESSAGE"),
+        (b"42", "INVALID_MESSAGE"),
+        (b"[]", "INVALID_MESSAGE"),
+        (b'{"event":"e"}', "INVALID_CHANNEL"),
+        (b'{"channel":"a b","event":"e"}', "INVALID_CHANNEL"),
+        (b'{"channel":"' + b"c" * 257 + b'","event":"e"}', "INVALID_CHANNEL"),
+        (b'{"channel":"room"}', "INVALID_EVENT"),
+        (b'{"channel":"room","event":7}', "INVALID_EVENT"),
+        (b'{"channel":"room","event":"hotsock.connected"}', "INVALID_EVENT"),
+        (b'{"channel":"room","event":"e","data":"' + b"x" * 32800 + b'"}', "DATA_TOO_LARGE"),
+        (b'{"channel":"room","event":"e","store":-2}', "INVALID_MESSAGE"),
+        (b'{"channel":"room","event":"e","store":3155695201}', "INVALID_MESSAGE"),
+        (b'{"channel":"room","event":"e","store":"60"}', "INVALID_MESSAGE"),
+        (b'{"channel":"room","event":"e","store":1.5}', "INVALID_MESSAGE"),
+        (b'{"channel":"room","event":"e","deduplicationId":5}', "INVALID_MESSAGE"),
+        (b'{"channel":"room","event":"e","eagerIdGeneration":"yes"}', "INVALID_MESSAGE"),
+        (b"[" * 3000 + b"]" * 3000, "INVALID_MESSAGE"),
+    ],
+)
+async def test_publish_bad_body_gets_400(server: Server, body: bytes, code: str) -> None:
+    status, payload = await _post(server, body, {"Authorization": "Bearer test-api-key-1"})
+    assert status == 400, payload
+    assert isinstance(payload, dict) and payload["error"]["code"] == code
+    await server.publish({"channel": "room", "event": "still-fine"})
+
+
+async def test_publish_oversized_body_gets_413(server: Server) -> None:
+    status, payload = await _post(
+        server,
+        b'{"channel":"room","event":"e","data":"' + b"x" * 300_000 + b'"}',
+        {"Authorization": "Bearer test-api-key-1"},
+    )
+    assert status == 413 and payload == {
+        "error": {"code": "PAYLOAD_TOO_LARGE", "message": payload["error"]["message"]}
+    }
+
+
+async def test_unknown_route_and_wrong_method_are_json(server: Server) -> None:
+    async with server.http.get(f"{server.base}/nope") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"]["code"] == "NOT_FOUND"
+    async with server.http.get(f"{server.base}/publish") as resp:
+        assert resp.status == 405
+        assert (await resp.json())["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_healthz_and_metrics(server: Server) -> None:
+    async with server.http.get(f"{server.base}/healthz") as resp:
+        assert resp.status == 200 and await resp.json() == {"status": "ok"}
+    await server.connect({})
+    async with server.http.get(f"{server.base}/metrics") as resp:
+        assert "tidings_connections 1" in await resp.text()
+
+
+async def test_publish_concurrent_channels_keep_per_channel_order(server: Server) -> None:
+    client = await server.connect({"channels": {"*": {"subscribe": True}}})
+    for ch in ("a", "b", "c"):
+        await client.subscribe(ch)
+    await asyncio.gather(
+        *[
+            server.publish({"channel": ch, "event": "n", "data": i})
+            for i in range(30)
+            for ch in ("a", "b", "c")
+        ]
+    )
+    seen: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+    for _ in range(90):
+        msg = await client.recv()
+        seen[msg["channel"]].append(msg["id"])
+    for ids in seen.values():
+        assert len(ids) == 30 and ids == sorted(ids)
