@@ -70,6 +70,7 @@ class LimitSettings:
     queue_max_bytes: int = 8 * 1024 * 1024  # outbound bytes buffered per connection before 1013
     max_frame_bytes: int = 128 * 1024  # inbound frame size; larger closes with 1009
     max_body_bytes: int = 256 * 1024  # HTTP request body; larger gets 413
+    presence_max_bytes: int = 102_400  # serialized members of one presence channel (spec §7)
 
 
 @dataclass(frozen=True)

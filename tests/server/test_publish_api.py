@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from tests.conftest import API_KEY2, Server
+
+from tidings.errors import StoreUnavailable
 
 OPEN = {"channels": {"room": {"subscribe": True}}}
 
@@ -160,3 +163,42 @@ async def test_publish_concurrent_channels_keep_per_channel_order(server: Server
         seen[msg["channel"]].append(msg["id"])
     for ids in seen.values():
         assert len(ids) == 30 and ids == sorted(ids)
+
+
+class FlakyStore:
+    """Wraps the real store and reports the backend unreachable for the first ``failures``
+    appends (PostgreSQL outages cannot be produced on demand here)."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    async def append(self, records: Any) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("backend down")
+        await self.inner.append(records)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_stored_publish_fails_503_and_retry_with_same_dedup_id_lands(server: Server) -> None:
+    """A failed stored publish is not acknowledged, and its deduplicationId stays usable."""
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    server.hub.store = FlakyStore(server.hub.store, failures=1)  # type: ignore[assignment]
+    msg = {
+        "channel": "room",
+        "event": "e",
+        "store": 60,
+        "deduplicationId": "retry-me",
+        "eagerIdGeneration": True,
+    }
+    body = await server.publish(msg, status=503)
+    assert body["error"]["code"] == "SERVICE_UNAVAILABLE"
+    await client.nothing()
+    ok = await server.publish(msg)
+    assert (await client.recv())["id"] == ok["id"]
+    assert await server.publish(msg) == ok  # now a real duplicate
+    await client.nothing()

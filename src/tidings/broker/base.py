@@ -52,6 +52,11 @@ class Broker(Protocol):
         """
         ...
 
+    async def release(self, key: str, value: str) -> None:
+        """Drop the claim on ``key`` if it still holds ``value`` (the claimed work failed, so a
+        retry must be able to claim it again). Idempotent."""
+        ...
+
     async def aclose(self) -> None:
         """Stop delivering and release resources. Idempotent."""
         ...

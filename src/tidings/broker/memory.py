@@ -47,6 +47,11 @@ class MemoryBroker:
         heapq.heappush(self._expiry, (expires, key))
         return None
 
+    async def release(self, key: str, value: str) -> None:
+        held = self._claims.get(key)
+        if held is not None and held[0] == value:
+            del self._claims[key]
+
     async def aclose(self) -> None:
         self._deliver = None
 

@@ -40,6 +40,7 @@ from tidings.core.names import (
     validate_store,
 )
 from tidings.core.permissions import Permissions
+from tidings.core.presence import Change, PresenceChannel, member_event_frame
 from tidings.core.tokens import Claims, Scope, SigningKey, TokenGate, check_binding
 from tidings.errors import (
     CloseCode,
@@ -147,6 +148,7 @@ class Hub:
         self.stats = {"connections_opened": 0, "messages_published": 0, "frames_delivered": 0}
         self._channels: dict[str, dict[str, Connection]] = {}  # channel -> conn ID -> conn
         self._counts: dict[str, int] = {}  # channel -> subscriptionsCount (spec §6.4)
+        self._presence: dict[str, PresenceChannel] = {}  # presence channel -> members
         self._lanes: dict[str, _Lane] = {}
         self._minter = ChannelIdMinter()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -177,6 +179,13 @@ class Hub:
 
     def subscriptions_count(self, channel: str) -> int:
         return self._counts.get(channel, 0)
+
+    def members(self, channel: str) -> list[dict[str, Any]] | None:
+        """Presence members (deduplicated by uid), or None for a standard channel."""
+        if not is_presence(channel):
+            return None
+        presence = self._presence.get(channel)
+        return presence.members() if presence is not None else []
 
     # Connections
 
@@ -321,12 +330,22 @@ class Hub:
         if sub_claims is not None:
             uid = sub_claims.uid if sub_claims.has_uid else uid
             umd = sub_claims.umd if sub_claims.has_umd else umd
-        if is_presence(channel) and not uid:
-            raise ProtocolError(
-                ErrorCode.PRESENCE_CHANNEL_USER_ID_REQUIRED,
-                "presence channels require a uid",
-                channel=sent,
+        presence: PresenceChannel | None = None
+        if is_presence(channel):
+            if not uid:
+                raise ProtocolError(
+                    ErrorCode.PRESENCE_CHANNEL_USER_ID_REQUIRED,
+                    "presence channels require a uid",
+                    channel=sent,
+                )
+            presence = self._presence.get(channel) or PresenceChannel(
+                channel, max_bytes=self.settings.limits.presence_max_bytes
             )
+            try:
+                presence.check_join(uid, umd)
+            except ProtocolError as exc:
+                exc.channel = sent
+                raise
         if sub_claims is not None:
             try:
                 await self._consume_single_use(sub_claims, "subscribe token")
@@ -336,6 +355,14 @@ class Hub:
                 ) from exc
         if conn.closed or channel in conn.subscriptions:  # changed while awaiting the claim
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED, "already subscribed", channel=sent)
+        if presence is not None and uid:
+            # re-check: other joins may have happened while the claim was awaited
+            presence = self._presence.setdefault(channel, presence)
+            try:
+                presence.check_join(uid, umd)
+            except ProtocolError as exc:
+                exc.channel = sent
+                raise
         alias = None
         if sub_claims is not None:
             alias = sub_claims.grants.alias_of(channel)
@@ -356,9 +383,20 @@ class Hub:
         local[conn.id] = conn
         if sub.counted:
             self._counts[channel] = self._counts.get(channel, 0) + 1
+        change = Change.NONE
+        members = None
+        if presence is not None and uid:
+            change = presence.join(conn.id, uid, umd)
+            members = presence.members()
         conn.send(
-            Frame(protocol.subscribed_frame(channel, uid=uid, umd=umd, alias=alias, auto=auto))
+            Frame(
+                protocol.subscribed_frame(
+                    channel, uid=uid, umd=umd, alias=alias, members=members, auto=auto
+                )
+            )
         )
+        if presence is not None and change is not Change.NONE and uid:
+            self._member_event(presence, change, {"uid": uid, "umd": umd}, skip=conn.id)
         if len(local) == 1:
             await self.broker.subscribe(channel)
         return sub
@@ -387,12 +425,33 @@ class Hub:
             if not local:
                 del self._channels[sub.channel]
                 self._spawn(self.broker.unsubscribe(sub.channel))
+        presence = self._presence.get(sub.channel)
+        if presence is not None and sub.uid:
+            change, member = presence.leave(conn.id, sub.uid)
+            if change is Change.REMOVED and member is not None:
+                self._member_event(presence, change, member, skip=conn.id)
+            if not len(presence):
+                del self._presence[sub.channel]
         if sub.counted:
             left = self._counts.get(sub.channel, 1) - 1
             if left > 0:
                 self._counts[sub.channel] = left
             else:
                 self._counts.pop(sub.channel, None)
+
+    def _member_event(
+        self, presence: PresenceChannel, change: Change, member: dict[str, Any], *, skip: str
+    ) -> None:
+        """Send a member event to every local subscriber of the channel but ``skip``."""
+        local = self._channels.get(presence.channel)
+        if not local:
+            return
+        frame = Frame(
+            member_event_frame(change, presence.channel, member, presence.members_json()), skip
+        )
+        for other in local.values():
+            if other.id != skip:
+                other.send(frame)
 
     # Publishing
 
@@ -533,9 +592,8 @@ class Hub:
             except Exception as exc:
                 if not isinstance(exc, StoreError):
                     log.exception("! store append failed on %s", channel)
-                for pub, future in live:
-                    if pub.store_seconds != 0:
-                        _fail(future, exc)
+                failed = [(p, f) for p, f in live if p.store_seconds != 0]
+                await self._fail_all(failed, exc)
                 live = [(p, f) for p, f in live if p.store_seconds == 0]
         if not live:
             return
@@ -550,12 +608,24 @@ class Hub:
             await self.broker.publish(channel, deliveries)
         except Exception as exc:
             log.exception("! broker publish failed on %s", channel)
-            for _, future in live:
-                _fail(future, exc)
+            await self._fail_all(live, exc)
             return
         self.stats["messages_published"] += len(live)
         for pub, future in live:
             _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
+
+    async def _fail_all(
+        self, items: list[tuple[Publication, asyncio.Future[PublishResult]]], exc: BaseException
+    ) -> None:
+        """Fail publications that were not delivered, releasing their deduplication claims so a
+        retry with the same ``deduplicationId`` is not mistaken for a duplicate."""
+        for pub, future in items:
+            _fail(future, exc)
+            if pub.dedup_key is not None:
+                try:
+                    await self.broker.release(pub.dedup_key, pub.id)
+                except Exception:
+                    log.exception("! could not release deduplication claim")
 
     def _report_failure(
         self, conn: Connection, channel: str, future: asyncio.Future[PublishResult]

@@ -184,7 +184,11 @@ _OPERATIONS = {"listMessages": _list_messages, "publishMessage": _publish_messag
 async def channel_info(request: web.Request) -> web.Response:
     hub = _check_api_key(request)
     name = request.match_info["name"]
-    return json_response({"name": name, "subscriptionsCount": hub.subscriptions_count(name)})
+    body: dict[str, Any] = {"name": name, "subscriptionsCount": hub.subscriptions_count(name)}
+    members = hub.members(name)
+    if members is not None:
+        body["members"] = members
+    return json_response(body)
 
 
 # Health and metrics
