@@ -20,6 +20,7 @@ from joserfc.jwk import OctKey
 from tidings.config import (
     AuthSettings,
     BackendSettings,
+    EventSettings,
     LimitSettings,
     Secret,
     Settings,
@@ -64,7 +65,12 @@ def make_settings(**overrides: Any) -> Settings:
         backends=BackendSettings(store="memory://"),
     )
     s = replace(s, server=replace(s.server, port=0))
-    groups = {"auth": AuthSettings, "limits": LimitSettings, "timeouts": TimeoutSettings}
+    groups = {
+        "auth": AuthSettings,
+        "limits": LimitSettings,
+        "timeouts": TimeoutSettings,
+        "events": EventSettings,
+    }
     for key, value in overrides.items():
         if key in ("store", "broker"):
             s = replace(s, backends=replace(s.backends, **{key: value}))

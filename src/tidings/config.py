@@ -19,12 +19,14 @@ from tidings.errors import ConfigError
 __all__ = [
     "AuthSettings",
     "BackendSettings",
+    "EventSettings",
     "LimitSettings",
     "Secret",
     "ServerSettings",
     "Settings",
     "SigningKeySetting",
     "TimeoutSettings",
+    "WebhookSetting",
 ]
 
 
@@ -83,6 +85,19 @@ class TimeoutSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSetting:
+    url: str
+    secrets: tuple[Secret, ...]  # one, or two during a rotation
+    types: tuple[str, ...] | None = None  # event types to receive; None receives all
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    webhooks: tuple[WebhookSetting, ...] = ()  # empty disables backend events
+    backoff_seconds: tuple[float, ...] | None = None  # retry schedule; None is spec §17.3's
+
+
+@dataclass(frozen=True)
 class BackendSettings:
     store: str = "sqlite:///./tidings.db"
     broker: str = "memory://"
@@ -95,6 +110,7 @@ class Settings:
     limits: LimitSettings = LimitSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     backends: BackendSettings = BackendSettings()
+    events: EventSettings = EventSettings()
 
     # Public methods
 
@@ -213,7 +229,48 @@ class Settings:
                 store=_str(v.get("store", d.backends.store), "STORE"),
                 broker=_str(v.get("broker", d.backends.broker), "BROKER"),
             ),
+            events=EventSettings(webhooks=_webhooks(v)),
         )
+
+
+def _webhooks(v: dict[str, Any]) -> tuple[WebhookSetting, ...]:
+    """``TIDINGS_WEBHOOK_URL``/``_SECRET`` (``_SECRET2`` for rotation, ``_TYPES`` comma-separated),
+    plus ``[[webhooks]]`` tables (url, secrets, types) in the TOML file."""
+    hooks: list[WebhookSetting] = []
+    if v.get("webhook_url"):
+        secrets = [str(v[k]) for k in ("webhook_secret", "webhook_secret2") if v.get(k)]
+        if not secrets:
+            raise ConfigError("TIDINGS_WEBHOOK_URL needs TIDINGS_WEBHOOK_SECRET.")
+        types = v.get("webhook_types")
+        hooks.append(
+            WebhookSetting(
+                _str(v["webhook_url"], "WEBHOOK_URL"),
+                tuple(Secret(x) for x in secrets),
+                tuple(t.strip() for t in str(types).split(",") if t.strip()) if types else None,
+            )
+        )
+    tables = v.get("webhooks", [])
+    if not isinstance(tables, list):
+        raise ConfigError("webhooks in the config file must be an array of tables.")
+    for n, table in enumerate(tables):
+        if not isinstance(table, dict) or not isinstance(table.get("url"), str):
+            raise ConfigError(f"webhooks[{n}] in the config file needs a url.")
+        secrets = table.get("secrets", [table["secret"]] if "secret" in table else [])
+        if not isinstance(secrets, list) or not all(isinstance(x, str) for x in secrets):
+            raise ConfigError(f"webhooks[{n}].secrets must be a list of strings.")
+        types = table.get("types")
+        if types is not None and not (
+            isinstance(types, list) and all(isinstance(t, str) for t in types)
+        ):
+            raise ConfigError(f"webhooks[{n}].types must be a list of event types.")
+        hooks.append(
+            WebhookSetting(
+                table["url"],
+                tuple(Secret(x) for x in secrets),
+                tuple(types) if types is not None else None,
+            )
+        )
+    return tuple(hooks)
 
 
 def _str(value: Any, name: str) -> str:

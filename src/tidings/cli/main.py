@@ -86,7 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
     dev_secret: bytes | None = None
     if not settings.auth.signing_keys:
         settings, dev_secret, _ = settings.with_dev_keys()
-    elif not settings.auth.api_keys:
+    node = Node(settings)  # validates keys and backend URLs before anything is logged
+    if not settings.auth.api_keys:
         log.warning(
             "! no TIDINGS_API_KEY1 set: POST /publish and /channels/* will refuse every call"
         )
@@ -105,7 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
         if dev_secret is not None:
             _print_dev_banner(base, dev_secret, settings.auth.api_keys[0].value)
 
-    asyncio.run(Node(settings).run_until_signalled(on_ready))
+    asyncio.run(node.run_until_signalled(on_ready))
     return 0
 
 

@@ -35,11 +35,17 @@ PRESENCE_PREFIX = "presence."
 _FORBIDDEN_IN_CHANNEL = frozenset("*#,")
 
 
+def _is_control(ch: str) -> bool:
+    # tidings choice: control characters (U+0000-U+001F, U+007F-U+009F) are refused in names;
+    # PostgreSQL cannot store U+0000 in text, and none of them is printable
+    return ch < " " or "\x7f" <= ch <= "\x9f"
+
+
 def is_valid_channel(name: object) -> bool:
     """True when ``name`` is a string usable as a channel name."""
     if not isinstance(name, str) or not 1 <= len(name) <= CHANNEL_MAX_CHARS:
         return False
-    return not any(ch in _FORBIDDEN_IN_CHANNEL or ch.isspace() for ch in name)
+    return not any(ch in _FORBIDDEN_IN_CHANNEL or ch.isspace() or _is_control(ch) for ch in name)
 
 
 def validate_channel(name: object, *, sent_as: str | None = None) -> Channel:
@@ -73,6 +79,8 @@ def validate_event(name: object, *, reserved_ok: frozenset[str] = frozenset()) -
         raise ProtocolError(ErrorCode.INVALID_EVENT, "event must not contain '*'")
     if name.startswith("#"):
         raise ProtocolError(ErrorCode.INVALID_EVENT, "event must not start with '#'")
+    if any(_is_control(ch) for ch in name):
+        raise ProtocolError(ErrorCode.INVALID_EVENT, "event must not contain control characters")
     if name.startswith("hotsock.") and name not in reserved_ok:
         raise ProtocolError(ErrorCode.INVALID_EVENT, f"event {name!r} is reserved")
     return name

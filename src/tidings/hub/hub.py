@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from tidings.broker.base import Broker, Delivery
 from tidings.config import Settings
 from tidings.core import protocol
@@ -29,6 +31,7 @@ from tidings.core.ids import (
     is_ulid,
     new_connection_id,
     new_connection_secret,
+    new_ulid,
     ulid_floor,
 )
 from tidings.core.json import dumps
@@ -50,6 +53,7 @@ from tidings.errors import (
     StoreUnavailable,
     TokenError,
 )
+from tidings.events.bus import EventBus
 from tidings.hub.connection import Connection, Subscription
 from tidings.hub.outbound import Frame, Outlet
 from tidings.store.base import MessageRecord, Store
@@ -71,6 +75,10 @@ def rfc3339_seconds(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_micros(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclass(slots=True)
 class Publication:
     """A message on its way through a channel lane."""
@@ -88,6 +96,8 @@ class Publication:
     source_ip: str | None = None
     user_agent: str | None = None
     dedup_key: str | None = None
+    emit_event: bool = False  # emit hotsock.messagePublished once delivered
+    request_id: str = ""  # ULID of the accepting request (event metadata)
     id: str = ""  # minted when the publication enters its lane
     created_ms: int = 0
 
@@ -130,10 +140,14 @@ class _Lane:
 class Hub:
     """This node's connections, subscriptions and channel lanes."""
 
-    def __init__(self, *, settings: Settings, store: Store, broker: Broker) -> None:
+    def __init__(
+        self, *, settings: Settings, store: Store, broker: Broker, events: EventBus | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
+        self.events = events
+        self._emitting = events is not None and events.enabled  # skip building unused events
         self.gate = TokenGate(
             keys=[
                 SigningKey.from_setting(k.method, k.value.value, k.kid)
@@ -158,6 +172,8 @@ class Hub:
 
     async def start(self) -> None:
         await self.store.open()
+        if self.events is not None:
+            await self.events.start()
         await self.broker.start(self.deliver)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -174,6 +190,8 @@ class Hub:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.events is not None:
+            await self.events.aclose()  # after the last disconnect events were emitted
         await self.store.aclose()
         await self.broker.aclose()
 
@@ -235,6 +253,8 @@ class Hub:
             )
         )
         self._arm_timers(conn)
+        if self._emitting:
+            self._emit_connection("hotsock.connected", conn, None)
         return conn
 
     async def start_connection(self, conn: Connection) -> None:
@@ -257,6 +277,8 @@ class Hub:
         for sub in list(conn.subscriptions.values()):
             self._remove_subscription(conn, sub)
         del self.connections[conn.id]
+        if self._emitting:
+            self._emit_connection("hotsock.disconnected", conn, time.time())
 
     def authorize_http(self, connection_id: str | None, secret: str | None) -> Connection:
         """Find the live connection for Client HTTP API credentials (constant-time check).
@@ -383,6 +405,7 @@ class Hub:
         local[conn.id] = conn
         if sub.counted:
             self._counts[channel] = self._counts.get(channel, 0) + 1
+            self._emit_count(channel)
         change = Change.NONE
         members = None
         if presence is not None and uid:
@@ -395,6 +418,8 @@ class Hub:
                 )
             )
         )
+        if self._emitting:
+            self._emit_subscription("hotsock.subscribed", conn, sub)
         if presence is not None and change is not Change.NONE and uid:
             self._member_event(presence, change, {"uid": uid, "umd": umd}, skip=conn.id)
         if len(local) == 1:
@@ -425,6 +450,8 @@ class Hub:
             if not local:
                 del self._channels[sub.channel]
                 self._spawn(self.broker.unsubscribe(sub.channel))
+        if self._emitting:
+            self._emit_subscription("hotsock.unsubscribed", conn, sub)
         presence = self._presence.get(sub.channel)
         if presence is not None and sub.uid:
             change, member = presence.leave(conn.id, sub.uid)
@@ -438,11 +465,19 @@ class Hub:
                 self._counts[sub.channel] = left
             else:
                 self._counts.pop(sub.channel, None)
+            self._emit_count(sub.channel)
 
     def _member_event(
         self, presence: PresenceChannel, change: Change, member: dict[str, Any], *, skip: str
     ) -> None:
         """Send a member event to every local subscriber of the channel but ``skip``."""
+        if self._emitting:
+            self._emit(
+                change.value,
+                "channelMember",
+                {**member, "members": presence.members()},
+                {"channel": presence.channel},
+            )
         local = self._channels.get(presence.channel)
         if not local:
             return
@@ -502,6 +537,7 @@ class Hub:
             connection_id=conn.id,
             source_ip=conn.source_ip,
             user_agent=conn.user_agent,
+            emit_event=perms.emit_pubsub(channel, event),
         )
         future = self._enqueue(pub)
         if trigger == "client.websocket":
@@ -538,6 +574,7 @@ class Hub:
             exclude=None,
             trigger=trigger,
             dedup_key=f"dedup:{dedup}" if dedup else None,
+            emit_event=body.get("emitPubSubEvent") is True,
         )
 
     def enqueue(self, pub: Publication) -> asyncio.Future[PublishResult]:
@@ -546,6 +583,8 @@ class Hub:
 
     def _enqueue(self, pub: Publication) -> asyncio.Future[PublishResult]:
         pub.created_ms = now_ms()
+        if pub.emit_event:
+            pub.request_id = new_ulid(pub.created_ms)
         pub.id = self._minter.mint(pub.channel, pub.created_ms)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PublishResult] = loop.create_future()
@@ -613,6 +652,8 @@ class Hub:
         self.stats["messages_published"] += len(live)
         for pub, future in live:
             _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
+            if pub.emit_event and self._emitting:
+                self._emit_published(pub)
 
     async def _fail_all(
         self, items: list[tuple[Publication, asyncio.Future[PublishResult]]], exc: BaseException
@@ -708,6 +749,62 @@ class Hub:
             size += len(item) + (1 if parts else 0)
             parts.append(item)
         return b'{"messages":[' + b",".join(parts) + b"]}"
+
+    # Backend events (spec §17.2)
+
+    def _emit(
+        self, type_: str, data_type: str, data: dict[str, Any], metadata: dict[str, Any] | None
+    ) -> None:
+        if self.events is not None:
+            self.events.emit(type_, data_type, data, metadata)
+
+    def _emit_connection(self, type_: str, conn: Connection, disconnected: float | None) -> None:
+        self._emit(
+            type_,
+            "connection",
+            {
+                "id": conn.id,
+                "connectedAt": rfc3339_micros(conn.connected_ms / 1000),
+                "disconnectedAt": None if disconnected is None else rfc3339_micros(disconnected),
+                "keepAlive": conn.claims.keep_alive,
+                "sourceIp": conn.source_ip,
+                "uid": conn.uid,
+                "umd": conn.umd,
+                "userAgent": conn.user_agent,
+            },
+            None,
+        )
+
+    def _emit_subscription(self, type_: str, conn: Connection, sub: Subscription) -> None:
+        data = {"channel": sub.channel, "connectionId": conn.id, "uid": sub.uid, "umd": sub.umd}
+        self._emit(type_, "subscription", data, {"channel": sub.channel})
+
+    def _emit_count(self, channel: str) -> None:
+        if self._emitting:
+            count = self._counts.get(channel, 0)
+            data = {"name": channel, "subscriptionsCount": count}
+            self._emit("hotsock.channelUpdated", "channel", data, {"channel": channel})
+
+    def _emit_published(self, pub: Publication) -> None:
+        data: dict[str, Any] = {
+            "channel": pub.channel,
+            "event": pub.event,
+            "id": pub.id,
+            "data": orjson.loads(pub.data_json),
+        }
+        umd = orjson.loads(pub.umd_json)
+        if pub.meta_json is not None and (pub.uid is not None or umd is not None):
+            data["meta"] = {"uid": pub.uid, "umd": umd}
+        metadata = {
+            "channel": pub.channel,
+            "event": pub.event,
+            "requestId": pub.request_id,
+            "trigger": pub.trigger,
+            "connectionId": pub.connection_id,
+            "sourceIp": pub.source_ip,
+            "userAgent": pub.user_agent,
+        }
+        self._emit("hotsock.messagePublished", "message", data, metadata)
 
     # Private methods
 

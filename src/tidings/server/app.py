@@ -12,6 +12,7 @@ from aiohttp import web
 
 from tidings.broker import open_broker
 from tidings.config import Settings
+from tidings.events import WebhookEndpoint, build_event_bus
 from tidings.hub.hub import Hub
 from tidings.server.api import READY, routes
 from tidings.server.http import HUB, error_middleware
@@ -62,6 +63,18 @@ class Node:
             settings=settings,
             store=open_store(settings.backends.store),
             broker=open_broker(settings.backends.broker),
+            events=build_event_bus(
+                endpoints=[
+                    WebhookEndpoint(
+                        w.url,
+                        tuple(x.value for x in w.secrets),
+                        frozenset(w.types) if w.types is not None else None,
+                    )
+                    for w in settings.events.webhooks
+                ],
+                store_url=settings.backends.store,
+                backoff=settings.events.backoff_seconds,
+            ),
         )
         self.app = create_app(self.hub)
         # tokens travel in the query string: let long ones reach the token gate for a JSON 401

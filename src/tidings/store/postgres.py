@@ -1,0 +1,546 @@
+"""``PostgresStore``: message history in PostgreSQL (``postgresql://…``), shared by several nodes.
+
+Shape:
+
+* An ``asyncpg`` pool (imported lazily, on ``open()``). Every error the driver raises is mapped
+  to ``StoreUnavailable`` (cannot reach the server right now: the caller answers 503) or
+  ``StoreError`` (anything else).
+* **Group commit.** Pending ``append()`` calls are gathered by at most ``max_writers`` flusher
+  tasks; each flush is one ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING`` statement,
+  i.e. one round trip and one commit for every call that was waiting.
+* **Schema.** Text columns for JSON (``jsonb`` rejects ``\\u0000`` and reorders keys), ``COLLATE
+  "C"`` on the IDs so that ``<``/``>`` compare ULIDs bytewise whatever the database locale, a
+  primary key ``(channel, id)`` that serves page scans in both directions, and a partial index on
+  ``expires_ms`` for the sweeper. ``open()`` migrates under ``pg_advisory_xact_lock``, so nodes
+  starting together do not race on ``CREATE TABLE``; the version is in ``<prefix>schema_version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from tidings.errors import ConfigError, StoreError, StoreUnavailable
+from tidings.store.base import MessageRecord, Store
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# One lock for every tidings migration in the database ("tidings\0" as a big-endian int8):
+# migrations are rare and short, and one key also serializes CREATE SCHEMA across prefixes.
+_MIGRATION_LOCK_KEY = int.from_bytes(b"tidings\x00", "big")
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+# Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
+_COLUMNS = (
+    'id, channel, event, data, uid, umd, created_ms, expires_ms, "trigger", '
+    "connection_id, source_ip, user_agent"
+)
+_UNNEST_TYPES = (
+    "text[]",
+    "text[]",
+    "text[]",
+    "text[]",
+    "text[]",
+    "text[]",
+    "int8[]",
+    "int8[]",
+    "text[]",
+    "text[]",
+    "text[]",
+    "text[]",
+)
+
+
+def _migrations(messages: str, prefix: str) -> dict[int, tuple[str, ...]]:
+    """Statements per schema version. ``messages`` is qualified; index names never are (an
+    index lives in its table's schema)."""
+    return {
+        1: (
+            f"""
+            CREATE TABLE IF NOT EXISTS {messages} (
+                id text COLLATE "C" NOT NULL,
+                channel text COLLATE "C" NOT NULL,
+                event text NOT NULL,
+                data text NOT NULL,
+                uid text,
+                umd text NOT NULL,
+                created_ms int8 NOT NULL,
+                expires_ms int8,
+                "trigger" text NOT NULL,
+                connection_id text,
+                source_ip text,
+                user_agent text,
+                PRIMARY KEY (channel, id)
+            )
+            """,
+            # Partial: records kept forever (the common case) cost nothing in this index.
+            f'CREATE INDEX IF NOT EXISTS "{prefix}messages_expires_idx" '
+            f"ON {messages} (expires_ms) WHERE expires_ms IS NOT NULL",
+        ),
+    }
+
+
+class PostgresStore:
+    """A ``Store`` on PostgreSQL (11 or later), safe to share between tidings nodes.
+
+    Build it with ``PostgresStore(dsn, …)`` or ``PostgresStore.from_url(url)``, then
+    ``await open()`` before any other call and ``await aclose()`` when done (it waits for pending
+    appends). A ``StoreUnavailable`` from ``append`` can hide a commit whose reply was lost:
+    retrying with the same record IDs is safe, since duplicates are ignored.
+
+    Attributes:
+        messages_table: the qualified, quoted name of the messages table.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        table_prefix: str = "tidings_",
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        max_writers: int = 4,
+        max_batch_rows: int = 2000,
+        connect_timeout: float = 5.0,
+        command_timeout: float | None = 10.0,
+    ) -> None:
+        """Configure (do not connect) a store.
+
+        Args:
+            dsn: a libpq-style ``postgresql://`` URL as ``asyncpg`` accepts it (its own query
+                parameters such as ``sslmode`` pass through).
+            schema: the schema holding the tables, created by ``open()`` if missing; None uses
+                the connection's ``search_path`` (normally ``public``).
+            table_prefix: prepended to every table and index name.
+            pool_min_size: connections opened by ``open()`` and kept.
+            pool_max_size: connections at most.
+            max_writers: flushes in flight at once; pending appends beyond that are batched.
+            max_batch_rows: a flush stops taking pending calls once it holds this many records.
+            connect_timeout: seconds to establish one connection.
+            command_timeout: seconds any one statement may take; None waits forever.
+
+        Raises:
+            ConfigError: a name is not a lower-case SQL identifier, or a size is out of range.
+        """
+        schema = schema or None  # "?schema=" means the default, not an empty identifier
+        for what, name in (("schema", schema), ("table_prefix", table_prefix)):
+            # Empty prefix is fine; anything else is checked because it is spliced into SQL.
+            if name and not _IDENTIFIER.fullmatch(name):
+                raise ConfigError(
+                    f"PostgreSQL {what} {name!r} must be lower-case letters, digits and "
+                    "underscores, not starting with a digit."
+                )
+        if schema is not None and len(schema) > 63:
+            raise ConfigError(f"PostgreSQL schema {schema!r} is longer than 63 bytes.")
+        if len(table_prefix) + len("messages_expires_idx") > 63:
+            raise ConfigError(f"PostgreSQL table_prefix {table_prefix!r} is too long.")
+        if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1 or max_writers < 1:
+            raise ConfigError(
+                "PostgresStore needs 0 <= pool_min_size <= pool_max_size, pool_max_size >= 1 "
+                "and max_writers >= 1."
+            )
+        self._dsn = dsn
+        self._schema = schema
+        self._prefix = table_prefix
+        qualifier = f'"{schema}".' if schema is not None else ""
+        self.messages_table = f'{qualifier}"{table_prefix}messages"'
+        self._version_table = f'{qualifier}"{table_prefix}schema_version"'
+        self._pool_kwargs: dict[str, Any] = {
+            "min_size": pool_min_size,
+            "max_size": pool_max_size,
+            "timeout": connect_timeout,
+            "command_timeout": command_timeout,
+        }
+        if "application_name=" not in dsn:
+            # Names our sessions in pg_stat_activity, so operators can tell them apart.
+            self._pool_kwargs["server_settings"] = {"application_name": "tidings"}
+        self._max_writers = max_writers
+        self._max_batch_rows = max_batch_rows
+        self._pool: Any = None  # asyncpg.Pool once open
+        self._pending: list[tuple[Sequence[MessageRecord], asyncio.Future[None]]] = []
+        self._flushers: set[asyncio.Task[None]] = set()  # running group-commit tasks
+        self._open_lock = asyncio.Lock()  # serializes open() and aclose()
+        self._state = "new"  # new -> open -> closing -> closed
+        self._sql_cache: dict[tuple[bool, bool, bool, bool], str] = {}
+        types = ", ".join(f"${n}::{t}" for n, t in enumerate(_UNNEST_TYPES, start=1))
+        self._insert_sql = (
+            f"INSERT INTO {self.messages_table} ({_COLUMNS}) "
+            f"SELECT * FROM unnest({types}) ON CONFLICT (channel, id) DO NOTHING"
+        )
+        self._get_sql = (
+            f"SELECT {_COLUMNS} FROM {self.messages_table} WHERE channel = $1 AND id = $2 "
+            "AND (expires_ms IS NULL OR expires_ms > $3)"
+        )
+        # SKIP LOCKED: nodes sweeping at once split the expired rows instead of queueing on
+        # the same ones.
+        self._sweep_sql = (
+            f"DELETE FROM {self.messages_table} WHERE (channel, id) IN ("
+            f"SELECT channel, id FROM {self.messages_table} WHERE expires_ms <= $1 LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED)"
+        )
+
+    # Public methods
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """Build a store from ``postgresql://user:pass@host:port/db?…``.
+
+        tidings reads and removes these query parameters before handing the URL to ``asyncpg``:
+        ``schema``, ``table_prefix`` (strings), ``pool_min_size``, ``pool_max_size``,
+        ``max_writers``, ``max_batch_rows`` (integers), ``connect_timeout``,
+        ``command_timeout`` (seconds). Any other parameter goes to ``asyncpg`` unchanged.
+
+        Raises:
+            ConfigError: an option is malformed.
+        """
+        parts = urllib.parse.urlsplit(url)
+        kept: list[tuple[str, str]] = []
+        options: dict[str, Any] = {}
+        converters: dict[str, type] = {
+            "schema": str,
+            "table_prefix": str,
+            "pool_min_size": int,
+            "pool_max_size": int,
+            "max_writers": int,
+            "max_batch_rows": int,
+            "connect_timeout": float,
+            "command_timeout": float,
+        }
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            convert = converters.get(key)
+            if convert is None:
+                kept.append((key, value))
+                continue
+            try:
+                options[key] = convert(value)
+            except ValueError:
+                raise ConfigError(
+                    f"TIDINGS_STORE option {key}={value!r} must be a {convert.__name__}."
+                ) from None
+        dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+        return cls(dsn, **options)
+
+    async def open(self) -> None:
+        """Create the pool, then create or migrate the schema. Idempotent.
+
+        Safe when several nodes call it at once on a fresh database: the migration runs under a
+        transaction-scoped advisory lock.
+
+        Raises:
+            StoreUnavailable: the server cannot be reached (nothing is left open).
+            StoreError: the schema is newer than this code, or the migration failed.
+        """
+        async with self._open_lock:
+            if self._state == "open":
+                return
+            if self._state != "new":
+                raise StoreUnavailable("the PostgreSQL store is closed")
+            import asyncpg  # lazily: only deployments that use PostgreSQL need the driver
+
+            pool = None
+            try:
+                pool = await asyncpg.create_pool(self._dsn, **self._pool_kwargs)
+                async with pool.acquire() as conn:
+                    await self._migrate(conn)
+            except BaseException as exc:
+                if pool is not None:
+                    pool.terminate()
+                if isinstance(exc, Exception):
+                    raise _map_error(exc, "open") from exc
+                raise
+            self._pool = pool
+            self._state = "open"
+
+    async def append(self, records: Sequence[MessageRecord]) -> None:
+        """Persist ``records``; returns after the commit that holds them.
+
+        An ID already stored on its channel is ignored. If the caller is cancelled while
+        waiting, the records may or may not be written; a retry with the same IDs is safe.
+
+        Raises:
+            StoreUnavailable: the store is closed or the server cannot be reached.
+            StoreError: any other failure (for example text holding U+0000, which PostgreSQL
+                cannot store).
+        """
+        self._check_open()
+        if not records:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, future))
+        if len(self._flushers) < self._max_writers:
+            task = asyncio.create_task(self._flush_loop(), name="tidings-postgres-flush")
+            self._flushers.add(task)
+        await future
+
+    async def list_messages(
+        self,
+        channel: str,
+        *,
+        now_ms: int,
+        min_id: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        reverse: bool = False,
+        limit: int = 100,
+    ) -> list[MessageRecord]:
+        """See ``Store.list_messages``."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        lower, inclusive = _lower_bound(min_id, after)
+        key = (lower is not None, inclusive, before is not None, reverse)
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            sql = self._sql_cache[key] = self._list_sql(*key)
+        params: list[object] = [channel]
+        if lower is not None:
+            params.append(lower)
+        if before is not None:
+            params.append(before)
+        params += (now_ms, limit)
+        try:
+            rows = await self._call("fetch", sql, *params)
+        except Exception as exc:
+            raise _map_error(exc, "list_messages") from exc
+        return [MessageRecord(*row) for row in rows]
+
+    async def get_message(
+        self, channel: str, message_id: str, *, now_ms: int
+    ) -> MessageRecord | None:
+        """See ``Store.get_message``."""
+        self._check_open()
+        try:
+            row = await self._call("fetchrow", self._get_sql, channel, message_id, now_ms)
+        except Exception as exc:
+            raise _map_error(exc, "get_message") from exc
+        return None if row is None else MessageRecord(*row)
+
+    async def sweep(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Delete at most ``limit`` records with ``expires_ms <= now_ms``; return the count.
+
+        Several nodes may sweep at once: each skips rows another is deleting.
+        """
+        self._check_open()
+        if limit <= 0:
+            return 0
+        try:
+            status: str = await self._call("execute", self._sweep_sql, now_ms, limit)
+        except Exception as exc:
+            raise _map_error(exc, "sweep") from exc
+        return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
+
+    async def aclose(self) -> None:
+        """Wait for pending appends and running queries, then close the pool. Idempotent."""
+        async with self._open_lock:
+            if self._state in ("new", "closed"):
+                self._state = "closed"
+                return
+            self._state = "closing"
+            while self._flushers:
+                await asyncio.gather(*self._flushers, return_exceptions=True)
+            try:
+                await self._pool.close()  # waits for connections still running reads
+            finally:
+                self._pool = None
+                self._state = "closed"
+
+    # Private methods
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StoreUnavailable(
+                "the PostgreSQL store is not open"
+                if self._state == "new"
+                else "the PostgreSQL store is closed"
+            )
+
+    async def _call(self, method: str, sql: str, *args: Any) -> Any:
+        """Run one statement on a pooled connection, retrying once on a fresh connection when
+        the pooled one turns out to be dead (server restart, failover, idle kill). Every
+        statement here is safe to repeat: inserts ignore duplicates, the rest only read or
+        delete expired rows."""
+        import asyncpg
+
+        try:
+            return await getattr(self._pool, method)(sql, *args)
+        except (
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.AdminShutdownError,
+            asyncpg.InternalClientError,
+        ) as exc:
+            logger.info("! PostgreSQL connection lost (%s); retrying once", type(exc).__name__)
+        return await getattr(self._pool, method)(sql, *args)
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            # Held until commit: concurrent openers wait here, then see the finished schema.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
+            if self._schema is not None:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._version_table} ("
+                "singleton bool PRIMARY KEY DEFAULT true CHECK (singleton), "
+                "version int NOT NULL)"
+            )
+            version = await conn.fetchval(f"SELECT version FROM {self._version_table}") or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"PostgreSQL table {self._version_table} says schema version {version}, newer "
+                    f"than this tidings understands ({SCHEMA_VERSION}); upgrade tidings."
+                )
+            migrations = _migrations(self.messages_table, self._prefix)
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in migrations[target]:
+                    await conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                await conn.execute(
+                    f"INSERT INTO {self._version_table} (version) VALUES ($1) "
+                    "ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
+                    SCHEMA_VERSION,
+                )
+
+    async def _flush_loop(self) -> None:
+        """One flusher: commit pending appends, batch after batch, until none is left."""
+        try:
+            await self._flush_pending()
+        finally:
+            # Leave the set in the same step that saw _pending empty: a done-callback would run
+            # one loop iteration later, and an append() in between would count this flusher as
+            # running, queue its records, and wait forever.
+            task = asyncio.current_task()
+            assert task is not None
+            self._flushers.discard(task)
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            taken = 0
+            rows = 0
+            for records, _ in self._pending:
+                taken += 1
+                rows += len(records)
+                if rows >= self._max_batch_rows:
+                    break
+            batch, self._pending = self._pending[:taken], self._pending[taken:]
+            try:
+                outcomes = await self._write([records for records, _ in batch])
+            except BaseException as exc:
+                # Cancellation (loop shutdown) or a bug: refuse this batch, loudly.
+                failure = StoreUnavailable("the PostgreSQL writer stopped")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                logger.exception("! PostgreSQL flush failed; its appends were refused")
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue  # the caller was cancelled; its records may be written anyway
+                if outcome is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(outcome)
+
+    async def _write(self, calls: list[Sequence[MessageRecord]]) -> list[StoreError | None]:
+        """Insert all ``calls`` in one statement; on a data error, retry them one by one so
+        that one bad call does not fail its batch neighbours."""
+        try:
+            await self._insert([record for records in calls for record in records])
+            return [None] * len(calls)
+        except Exception as exc:
+            error = _map_error(exc, "append")
+            if len(calls) == 1 or isinstance(error, StoreUnavailable):
+                return [error] * len(calls)
+        outcomes: list[StoreError | None] = []
+        for records in calls:
+            try:
+                await self._insert(records)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(_map_error(exc, "append"))
+        return outcomes
+
+    async def _insert(self, records: Sequence[MessageRecord]) -> None:
+        columns: tuple[list[Any], ...] = tuple([] for _ in _UNNEST_TYPES)
+        (ids, channels, events, datas, uids, umds, created, expires, triggers, conns, ips, uas) = (
+            columns
+        )
+        for r in records:
+            ids.append(r.id)
+            channels.append(r.channel)
+            events.append(r.event)
+            datas.append(r.data)
+            uids.append(r.uid)
+            umds.append(r.umd)
+            created.append(r.created_ms)
+            expires.append(r.expires_ms)
+            triggers.append(r.trigger)
+            conns.append(r.connection_id)
+            ips.append(r.source_ip)
+            uas.append(r.user_agent)
+        await self._call("execute", self._insert_sql, *columns)
+
+    def _list_sql(self, has_lower: bool, inclusive: bool, has_before: bool, reverse: bool) -> str:
+        where = ["channel = $1"]
+        n = 1
+        if has_lower:
+            n += 1
+            where.append(f"id >= ${n}" if inclusive else f"id > ${n}")
+        if has_before:
+            n += 1
+            where.append(f"id < ${n}")
+        where.append(f"(expires_ms IS NULL OR expires_ms > ${n + 1})")
+        order = "DESC" if reverse else "ASC"
+        return (
+            f"SELECT {_COLUMNS} FROM {self.messages_table} WHERE {' AND '.join(where)} "
+            f"ORDER BY id {order} LIMIT ${n + 2}"
+        )
+
+
+def _lower_bound(min_id: str | None, after: str | None) -> tuple[str | None, bool]:
+    """Fold the inclusive ``min_id`` and exclusive ``after`` into one bound (value, inclusive),
+    so the query has a single lower bound the index can seek to."""
+    if after is not None and (min_id is None or after >= min_id):
+        return after, False
+    return min_id, True
+
+
+def _map_error(exc: BaseException, action: str) -> StoreError:
+    """Sort a driver error into "cannot reach the server now" and "anything else"."""
+    if isinstance(exc, StoreError):
+        return exc
+    import asyncpg
+
+    message = f"PostgreSQL {action} failed: {type(exc).__name__}: {exc}"
+    unavailable = (
+        OSError,  # refused, unreachable, DNS failure, reset
+        TimeoutError,  # connect_timeout or command_timeout
+        asyncpg.PostgresConnectionError,  # class 08, incl. ConnectionDoesNotExistError
+        asyncpg.CannotConnectNowError,  # starting up or shutting down
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.TooManyConnectionsError,
+        asyncpg.ReadOnlySQLTransactionError,  # a failover left us on a standby
+    )
+    # InternalClientError: what asyncpg raises when the server kills a connection in the middle
+    # of a message exchange; the pool discards that connection, so a retry can succeed.
+    if isinstance(exc, unavailable) or isinstance(exc, asyncpg.InternalClientError):
+        return StoreUnavailable(message)
+    # A closed pool or connection is an InterfaceError; argument errors are too, but they also
+    # subclass ValueError and are our bug, not an outage.
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):
+        return StoreUnavailable(message)
+    return StoreError(message)
+
+
+_: type[Store] = PostgresStore

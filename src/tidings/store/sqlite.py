@@ -1,0 +1,601 @@
+"""``SqliteStore``: the embedded default store (``sqlite:///path/file.db``).
+
+Shape:
+
+* **One writer.** A single asyncio task (the *writer task*) takes every pending ``append()`` call,
+  and writes them all in one transaction on the one write connection (*group commit*): with many
+  concurrent publishers, one ``fsync`` acknowledges a whole batch. Each caller's future resolves
+  only after that commit, and ``synchronous=FULL`` makes a commit durable in WAL mode, so
+  ``append()`` returning means the records survive a crash or a power cut.
+* **Threads, never the event loop.** The write connection lives in its own thread; reads use a
+  small pool of reader connections, each confined to its own thread (``sqlite3`` connections are
+  used only by the thread that created them). WAL lets readers run while the writer commits.
+* **Schema.** ``messages`` is a ``WITHOUT ROWID`` table clustered on ``(channel, id)``: a page of
+  ``listMessages`` in either direction is one B-tree seek plus a scan of adjacent leaf pages. A
+  partial index on ``expires_ms`` serves the sweeper. The version lives in ``PRAGMA user_version``.
+* ``data`` and ``umd`` are stored as TEXT exactly as given, so they round-trip byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tidings.errors import ConfigError, StoreError, StoreUnavailable
+from tidings.store.base import MessageRecord, Store
+
+__all__ = ["SqliteStore"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+
+# Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
+_COLUMNS = (
+    'id, channel, event, data, uid, umd, created_ms, expires_ms, "trigger", '
+    "connection_id, source_ip, user_agent"
+)
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE IF NOT EXISTS messages (
+            id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            event TEXT NOT NULL,
+            data TEXT NOT NULL,
+            uid TEXT,
+            umd TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER,
+            "trigger" TEXT NOT NULL,
+            connection_id TEXT,
+            source_ip TEXT,
+            user_agent TEXT,
+            PRIMARY KEY (channel, id)
+        ) WITHOUT ROWID
+        """,
+        # Partial: records kept forever (the common case) cost nothing in this index.
+        "CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires_ms) "
+        "WHERE expires_ms IS NOT NULL",
+    ),
+}
+
+# Not INSERT OR IGNORE: that would also skip rows breaking NOT NULL, silently "acknowledging"
+# a record that was never written. The upsert clause ignores only a duplicate primary key.
+_INSERT = (
+    f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (channel, id) DO NOTHING"
+)
+_GET = (
+    f"SELECT {_COLUMNS} FROM messages WHERE channel = ? AND id = ? "
+    "AND (expires_ms IS NULL OR expires_ms > ?)"
+)
+_SWEEP = (
+    "DELETE FROM messages WHERE (channel, id) IN ("
+    "SELECT channel, id FROM messages WHERE expires_ms <= ? LIMIT ?)"
+)
+
+# Primary result codes (the low byte of extended codes) after which a retry may succeed: the
+# caller answers 503 instead of 500. FULL is here because freeing disk space fixes it.
+_TRANSIENT_CODES = frozenset(
+    {
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+    }
+)
+
+
+class _Worker:
+    """One ``sqlite3`` connection confined to one thread; jobs run there one at a time."""
+
+    def __init__(self, name: str) -> None:
+        # max_workers=1: every job, including connect and close, runs on the same thread, so
+        # the default check_same_thread=True guard stays on and catches misuse loudly.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.conn: sqlite3.Connection | None = None
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def connect(self, path: str, pragmas: Sequence[str]) -> None:
+        # isolation_level=None: autocommit; the writer issues BEGIN IMMEDIATE/COMMIT itself.
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            for pragma in pragmas:
+                conn.execute(pragma)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def shutdown(self) -> None:
+        # The thread is idle (its last job was close()); do not block the loop joining it.
+        self._executor.shutdown(wait=False)
+
+
+class SqliteStore:
+    """The embedded ``Store``: one SQLite file in WAL mode.
+
+    Build it with ``SqliteStore(path)`` or ``SqliteStore.from_url(url)``, then ``await open()``
+    before any other call and ``await aclose()`` when done (it flushes pending appends). Several
+    processes may share a file (SQLite serializes their writers with ``busy_timeout``), but a
+    file on a network filesystem is not supported by SQLite's WAL mode.
+
+    Attributes:
+        path: the database file as given (relative paths resolve against the working directory
+            at ``open()``).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readers: int = 4,
+        max_batch_rows: int = 2000,
+        busy_timeout_ms: int = 5000,
+        cache_size_kib: int = 32768,
+        mmap_size: int = 256 * 1024 * 1024,
+    ) -> None:
+        """Configure (do not open) a store.
+
+        Args:
+            path: the database file; created on ``open()`` if missing (its directory must exist).
+            readers: reader connections (and threads): the number of reads that run at once.
+            max_batch_rows: a group commit stops taking pending ``append()`` calls once it holds
+                this many records (one call is never split), bounding each transaction.
+            busy_timeout_ms: how long a connection waits for a lock held by another process.
+            cache_size_kib: page cache per connection, in KiB.
+            mmap_size: bytes of the file each reader maps into memory (0 disables).
+        """
+        if str(path) in ("", ":memory:") or str(path).startswith("file:"):
+            raise ConfigError(
+                f"SQLite path {str(path)!r} is not a file path; use memory:// for a store "
+                "that lives in memory."
+            )
+        if readers < 1 or max_batch_rows < 1 or busy_timeout_ms < 0:
+            raise ConfigError(
+                "SqliteStore needs readers >= 1, max_batch_rows >= 1 and busy_timeout_ms >= 0."
+            )
+        self.path = os.fspath(path)
+        self._readers_count = readers
+        self._max_batch_rows = max_batch_rows
+        self._common_pragmas = (
+            f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+            f"PRAGMA cache_size = -{int(cache_size_kib)}",
+        )
+        self._mmap_size = int(mmap_size)
+        self._writer: _Worker | None = None  # owns the only write connection
+        self._readers: asyncio.Queue[_Worker] | None = None  # idle reader workers
+        self._all_readers: list[_Worker] = []
+        self._pending: list[tuple[Sequence[MessageRecord], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()  # set when _pending gains work or closing begins
+        self._writer_task: asyncio.Task[None] | None = None
+        self._open_lock = asyncio.Lock()  # serializes open() and aclose()
+        self._state = "new"  # new -> open -> closing -> closed
+        self._commits = 0  # written only by the writer thread
+        self._sql_cache: dict[tuple[bool, bool, bool, bool], str] = {}
+
+    # Public methods
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """Build a store from a URL, following SQLAlchemy's convention for the path.
+
+        * ``sqlite:///tidings.db`` and ``sqlite:///./data/tidings.db`` are **relative** to the
+          working directory (three slashes, then a relative path);
+        * ``sqlite:////var/lib/tidings/tidings.db`` is **absolute** (four slashes);
+        * the path is percent-decoded, so write ``%3F`` for ``?``, ``%23`` for ``#``;
+        * optional query parameters: ``readers``, ``max_batch_rows``, ``busy_timeout_ms``,
+          ``cache_size_kib``, ``mmap_size`` (integers; see ``__init__``).
+
+        Raises:
+            ConfigError: the URL is not of that form.
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "sqlite" or not url.startswith("sqlite:///") or parts.fragment:
+            raise ConfigError(
+                f"TIDINGS_STORE {url!r} is not a SQLite URL; write sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db."
+            )
+        # urlsplit keeps the slash that ends the (empty) authority: strip exactly that one.
+        path = urllib.parse.unquote(parts.path[1:])
+        options: dict[str, int] = {}
+        allowed = ("readers", "max_batch_rows", "busy_timeout_ms", "cache_size_kib", "mmap_size")
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if key not in allowed:
+                raise ConfigError(
+                    f"TIDINGS_STORE option {key!r} is unknown; SQLite accepts {', '.join(allowed)}."
+                )
+            try:
+                options[key] = int(value)
+            except ValueError:
+                raise ConfigError(
+                    f"TIDINGS_STORE option {key}={value!r} must be an integer."
+                ) from None
+        return cls(path, **options)
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (each may hold many ``append()`` calls)."""
+        return self._commits
+
+    async def open(self) -> None:
+        """Create the file and schema if missing, start the writer task and reader threads.
+
+        Idempotent. Raises ``StoreUnavailable`` when the file cannot be opened or is locked,
+        ``StoreError`` when it is not a tidings database of a version this code understands.
+        """
+        async with self._open_lock:
+            if self._state == "open":
+                return
+            if self._state != "new":
+                raise StoreUnavailable("the SQLite store is closed")
+            writer = _Worker("tidings-sqlite-writer")
+            readers: list[_Worker] = []
+            try:
+                await writer.run(
+                    writer.connect,
+                    self.path,
+                    (
+                        *self._common_pragmas,
+                        # journal_mode is stored in the file; it must be set outside a transaction.
+                        "PRAGMA journal_mode = WAL",
+                        # FULL: WAL is fsynced at every commit, so a resolved append is durable.
+                        "PRAGMA synchronous = FULL",
+                        # Keeps the WAL file from staying huge after a burst has been checkpointed.
+                        "PRAGMA journal_size_limit = 67108864",
+                    ),
+                )
+                await writer.run(self._migrate, writer)
+                for index in range(self._readers_count):
+                    reader = _Worker(f"tidings-sqlite-reader-{index}")
+                    readers.append(reader)
+                    await reader.run(
+                        reader.connect,
+                        self.path,
+                        (
+                            *self._common_pragmas,
+                            f"PRAGMA mmap_size = {self._mmap_size}",
+                            # A reader that tries to write is a bug; make it fail loudly.
+                            "PRAGMA query_only = 1",
+                        ),
+                    )
+            except BaseException as exc:
+                for worker in (*readers, writer):
+                    await worker.run(worker.close)
+                    worker.shutdown()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._map_error(exc, "open") from exc
+                raise
+            self._writer = writer
+            self._all_readers = readers
+            self._readers = asyncio.Queue()
+            for reader in readers:
+                self._readers.put_nowait(reader)
+            self._writer_task = asyncio.create_task(
+                self._write_loop(), name=f"tidings-sqlite-writer:{self.path}"
+            )
+            self._state = "open"
+
+    async def append(self, records: Sequence[MessageRecord]) -> None:
+        """Persist ``records`` durably, in one transaction shared with other pending calls.
+
+        Returns after the commit that holds them. An ID already stored on its channel is ignored.
+        If the caller is cancelled while waiting, the records may or may not be written; a retry
+        with the same IDs is safe.
+
+        Raises:
+            StoreUnavailable: the store is closed, or the file is locked, full or unwritable.
+            StoreError: any other failure (for example a record that violates the schema).
+        """
+        self._check_open()
+        if not records:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, future))
+        self._wakeup.set()
+        await future
+
+    async def list_messages(
+        self,
+        channel: str,
+        *,
+        now_ms: int,
+        min_id: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        reverse: bool = False,
+        limit: int = 100,
+    ) -> list[MessageRecord]:
+        """See ``Store.list_messages``. Runs on a reader thread."""
+        self._check_open()
+        if limit <= 0:
+            return []  # SQLite reads LIMIT -1 as "no limit"; never let that through
+        lower, inclusive = _lower_bound(min_id, after)
+        key = (lower is not None, inclusive, before is not None, reverse)
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            sql = self._sql_cache[key] = _list_sql(*key)
+        params: list[object] = [channel]
+        if lower is not None:
+            params.append(lower)
+        if before is not None:
+            params.append(before)
+        params += (now_ms, limit)
+        return await self._read(_fetch_records, sql, params)
+
+    async def get_message(
+        self, channel: str, message_id: str, *, now_ms: int
+    ) -> MessageRecord | None:
+        """See ``Store.get_message``. Runs on a reader thread."""
+        self._check_open()
+        rows = await self._read(_fetch_records, _GET, (channel, message_id, now_ms))
+        return rows[0] if rows else None
+
+    async def sweep(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Delete at most ``limit`` records with ``expires_ms <= now_ms``; return the count.
+
+        Runs on the writer thread between group commits (one short transaction).
+        """
+        self._check_open()
+        if limit <= 0:
+            return 0
+        writer = self._writer
+        assert writer is not None  # _check_open() passed
+        try:
+            return await writer.run(self._sweep_sync, writer, now_ms, limit)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, "sweep") from exc
+
+    async def aclose(self) -> None:
+        """Commit every pending ``append()``, wait for running reads, close all connections.
+
+        Idempotent; calls made after it starts raise ``StoreUnavailable``.
+        """
+        async with self._open_lock:
+            if self._state in ("new", "closed"):
+                self._state = "closed"
+                return
+            self._state = "closing"
+            self._wakeup.set()
+            if self._writer_task is not None:
+                await self._writer_task  # returns once _pending is empty
+            assert self._readers is not None and self._writer is not None
+            # Taking every reader back waits for the reads still running on them.
+            for _ in self._all_readers:
+                reader = await self._readers.get()
+                await reader.run(reader.close)
+                reader.shutdown()
+            # The writer closes last: the last connection to close checkpoints and removes the WAL.
+            await self._writer.run(self._writer.close)
+            self._writer.shutdown()
+            self._state = "closed"
+
+    # Private methods
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StoreUnavailable(
+                "the SQLite store is not open"
+                if self._state == "new"
+                else "the SQLite store is closed"
+            )
+
+    async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        readers = self._readers
+        assert readers is not None
+        reader = await readers.get()
+        future = asyncio.ensure_future(reader.run(fn, reader, *args))
+        try:
+            return await asyncio.shield(future)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, "read") from exc
+        finally:
+            # A cancelled caller must not hand back a connection its thread is still using.
+            if future.done():
+                readers.put_nowait(reader)
+            else:
+
+                def give_back(done: asyncio.Future[_T]) -> None:
+                    if not done.cancelled():
+                        done.exception()  # mark retrieved: nobody is left to see it
+                    readers.put_nowait(reader)
+
+                future.add_done_callback(give_back)
+
+    async def _write_loop(self) -> None:
+        """The writer task: group-commit pending appends until closed and drained."""
+        writer = self._writer
+        assert writer is not None
+        while True:
+            if not self._pending:
+                if self._state != "open":
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Take whole calls until the batch is big enough; never split a call.
+            taken = 0
+            rows = 0
+            for records, _ in self._pending:
+                taken += 1
+                rows += len(records)
+                if rows >= self._max_batch_rows:
+                    break
+            batch, self._pending = self._pending[:taken], self._pending[taken:]
+            try:
+                outcomes = await writer.run(self._write_sync, writer, [r for r, _ in batch])
+            except BaseException as exc:
+                # Only cancellation of this task (loop shutdown) or a bug lands here.
+                failure = StoreUnavailable("the SQLite writer stopped")
+                for _, future in (*batch, *self._pending):
+                    if not future.done():
+                        future.set_exception(failure)
+                self._pending = []
+                if not isinstance(exc, Exception):
+                    raise
+                logger.exception("! SQLite writer task failed; pending appends were refused")
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue  # the caller was cancelled; its records may be written anyway
+                if outcome is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(outcome)
+
+    def _write_sync(
+        self, writer: _Worker, calls: list[Sequence[MessageRecord]]
+    ) -> list[StoreError | None]:
+        """Writer thread: commit all ``calls`` at once; on failure, retry them one by one so
+        that one bad call does not fail its batch neighbours."""
+        try:
+            self._insert_sync(writer, [record for records in calls for record in records])
+            return [None] * len(calls)
+        except Exception as exc:
+            error = self._map_error(exc, "append")
+            if len(calls) == 1 or isinstance(error, StoreUnavailable):
+                return [error] * len(calls)
+        outcomes: list[StoreError | None] = []
+        for records in calls:
+            try:
+                self._insert_sync(writer, records)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(self._map_error(exc, "append"))
+        return outcomes
+
+    def _insert_sync(self, writer: _Worker, records: Sequence[MessageRecord]) -> None:
+        conn = writer.conn
+        assert conn is not None
+        rows = [
+            (
+                r.id,
+                r.channel,
+                r.event,
+                r.data,
+                r.uid,
+                r.umd,
+                r.created_ms,
+                r.expires_ms,
+                r.trigger,
+                r.connection_id,
+                r.source_ip,
+                r.user_agent,
+            )
+            for r in records
+        ]
+        # IMMEDIATE takes the write lock up front, so a busy file fails here, before any work.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._commits += 1
+
+    def _sweep_sync(self, writer: _Worker, now_ms: int, limit: int) -> int:
+        conn = writer.conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = conn.execute(_SWEEP, (now_ms, limit)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return deleted
+
+    def _migrate(self, writer: _Worker) -> None:
+        conn = writer.conn
+        assert conn is not None
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        if mode != "wal":
+            # Some filesystems (network mounts, some containers' overlays) refuse WAL silently.
+            logger.warning(
+                "! SQLite file %r is in journal mode %r, not WAL: reads will wait for writes",
+                self.path,
+                mode,
+            )
+        # IMMEDIATE: a second process opening the same new file waits here instead of racing.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"SQLite database {self.path!r} has schema version {version}, newer than "
+                    f"this tidings understands ({SCHEMA_VERSION}); upgrade tidings."
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _map_error(self, exc: BaseException, action: str) -> StoreError:
+        if isinstance(exc, StoreError):
+            return exc
+        where = f"SQLite {action} on {str(Path(self.path).absolute())!r} failed"
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if isinstance(code, int) and code & 0xFF in _TRANSIENT_CODES:
+                return StoreUnavailable(f"{where}: {exc}")
+        return StoreError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def _lower_bound(min_id: str | None, after: str | None) -> tuple[str | None, bool]:
+    """Fold the inclusive ``min_id`` and exclusive ``after`` into one bound (value, inclusive),
+    so the query has a single lower bound the index can seek to."""
+    if after is not None and (min_id is None or after >= min_id):
+        return after, False
+    return min_id, True
+
+
+def _list_sql(has_lower: bool, inclusive: bool, has_before: bool, reverse: bool) -> str:
+    where = ["channel = ?"]
+    if has_lower:
+        where.append("id >= ?" if inclusive else "id > ?")
+    if has_before:
+        where.append("id < ?")
+    where.append("(expires_ms IS NULL OR expires_ms > ?)")
+    order = "DESC" if reverse else "ASC"
+    return (
+        f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
+    )
+
+
+def _fetch_records(worker: _Worker, sql: str, params: Sequence[object]) -> list[MessageRecord]:
+    conn = worker.conn
+    assert conn is not None
+    return [MessageRecord(*row) for row in conn.execute(sql, params)]
+
+
+_: type[Store] = SqliteStore

@@ -1,0 +1,560 @@
+"""The contract every ``Store`` backend must pass, shipped for third-party backends too.
+
+Use it from a pytest module (pytest-asyncio required, any ``asyncio_mode``)::
+
+    import pytest
+    from tidings.testing.store_contract import StoreContract, StoreFactory
+
+    class TestMyStore(StoreContract):
+        persistent = True  # data survives aclose() + a new instance on the same backing data
+
+        @pytest.fixture
+        def make_store(self, tmp_path) -> StoreFactory:
+            return lambda: MyStore(tmp_path / "data")
+
+``make_store`` must return a new, **unopened** store each time it is called; for a persistent
+backend, every store it returns must see the same data (same file, database, schema…). The suite
+opens and closes stores itself. Every test passes explicit ``now_ms`` values, so no clock is
+patched; record IDs are ULIDs built from those instants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import ClassVar
+
+import pytest
+import pytest_asyncio
+from ulid import ULID
+
+from tidings.errors import StoreError
+from tidings.store.base import MessageRecord, Store
+
+__all__ = ["T0", "StoreContract", "StoreFactory", "make_record", "ulid_at"]
+
+StoreFactory = Callable[[], Store]
+
+T0 = 1_700_000_000_000  # a fixed "now" in Unix milliseconds (2023-11-14)
+
+
+def ulid_at(ms: int, sequence: int = 0) -> str:
+    """A ULID of millisecond ``ms`` with random part ``sequence``; sorts by (ms, sequence)."""
+    return str(ULID.from_int((ms << 80) | sequence))
+
+
+def make_record(
+    channel: str = "room.1",
+    *,
+    ms: int = T0,
+    sequence: int = 0,
+    message_id: str | None = None,
+    event: str = "chat",
+    data: str = '"hi"',
+    uid: str | None = None,
+    umd: str = "null",
+    expires_ms: int | None = None,
+    trigger: str = "server.http",
+    connection_id: str | None = None,
+    source_ip: str | None = None,
+    user_agent: str | None = None,
+) -> MessageRecord:
+    """A record published at ``ms``, with ID ``ulid_at(ms, sequence)`` unless ``message_id``."""
+    return MessageRecord(
+        id=message_id if message_id is not None else ulid_at(ms, sequence),
+        channel=channel,
+        event=event,
+        data=data,
+        uid=uid,
+        umd=umd,
+        created_ms=ms,
+        expires_ms=expires_ms,
+        trigger=trigger,
+        connection_id=connection_id,
+        source_ip=source_ip,
+        user_agent=user_agent,
+    )
+
+
+def _series(count: int, channel: str = "room.1") -> list[MessageRecord]:
+    """``count`` records one millisecond apart, in ID order, with distinct data."""
+    return [make_record(channel, ms=T0 + i, data=f'{{"n":{i}}}') for i in range(count)]
+
+
+def _ids(records: Sequence[MessageRecord]) -> list[str]:
+    return [record.id for record in records]
+
+
+# JSON texts that break naive storage: NUL escapes (PostgreSQL jsonb refuses them), raw and
+# escaped non-BMP characters, line separators, numbers beyond int64/float, key order, spacing.
+TRICKY_JSON = (
+    '"a\\u0000b"',
+    '"\\u0000"',
+    '"héllo wörld ✓ 日本語"',
+    '"😀🎉 \\ud83d\\ude00"',
+    '"\u2028\u2029 \\u2028"',
+    '{"z":1,"a":2,"m":{"b":[],"a":{}}}',
+    '{"nested":[1,{"x":[null,true,false,1.5e300,-0.0]}],"s":"\\"q\\" \\\\ /"}',
+    "123456789012345678901234567890123456789",
+    "-1.0000000000000000000000001e-400",
+    '{ "spaced" : [ 1 , 2 ] }',
+    "null",
+    '""',
+    "[]",
+    '"' + "x" * 32768 + '"',
+)
+
+
+class StoreContract:
+    """Tests any ``Store`` must pass. Subclass as ``Test…`` and define ``make_store``."""
+
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
+
+    persistent: ClassVar[bool] = False
+    """Set True when data outlives the instance: enables the close-and-reopen tests."""
+
+    # Fixtures
+
+    @pytest.fixture
+    def make_store(self) -> StoreFactory:
+        """Override: return a factory of new, unopened stores (over shared data if persistent)."""
+        raise NotImplementedError("a StoreContract subclass must define the make_store fixture")
+
+    @pytest_asyncio.fixture
+    async def store(self, make_store: StoreFactory) -> AsyncIterator[Store]:
+        """An opened store, closed after the test."""
+        store = make_store()
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+    # Helpers
+
+    @asynccontextmanager
+    async def reopened(self, make_store: StoreFactory) -> AsyncIterator[Store]:
+        """A second, freshly opened instance over the same data (persistent backends only)."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        store = make_store()
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+    # Ordering and bounds
+
+    async def test_store_lists_ascending_by_default(self, store: Store) -> None:
+        """Without ``reverse`` records come oldest first."""
+        records = _series(5)
+        await store.append(records)
+        assert await store.list_messages("room.1", now_ms=T0) == records
+
+    async def test_store_lists_descending_when_reverse(self, store: Store) -> None:
+        """``reverse=True`` returns newest first."""
+        records = _series(5)
+        await store.append(records)
+        page = await store.list_messages("room.1", now_ms=T0, reverse=True)
+        assert page == records[::-1]
+
+    async def test_store_orders_by_id_not_by_append_order(self, store: Store) -> None:
+        """An older ID appended later (eager IDs, retries) still sorts by ID."""
+        records = _series(4)
+        for index in (3, 0, 2, 1):
+            await store.append([records[index]])
+        assert await store.list_messages("room.1", now_ms=T0) == records
+        page = await store.list_messages("room.1", now_ms=T0, reverse=True)
+        assert page == records[::-1]
+
+    async def test_store_orders_ids_within_one_millisecond(self, store: Store) -> None:
+        """IDs of the same millisecond sort by their random part."""
+        records = [make_record(ms=T0, sequence=s, data=str(s)) for s in (1, 2**79, 2**40, 7)]
+        await store.append(records)
+        expected = sorted(records, key=lambda r: r.id)
+        assert await store.list_messages("room.1", now_ms=T0) == expected
+
+    async def test_store_min_id_is_inclusive(self, store: Store) -> None:
+        """``min_id`` keeps the record with exactly that ID."""
+        records = _series(5)
+        await store.append(records)
+        page = await store.list_messages("room.1", now_ms=T0, min_id=records[2].id)
+        assert page == records[2:]
+        page = await store.list_messages("room.1", now_ms=T0, min_id=records[2].id, reverse=True)
+        assert page == records[:1:-1]
+
+    async def test_store_min_id_between_ids_is_a_floor(self, store: Store) -> None:
+        """A ``min_id`` that is not a stored ID (a time floor, ``historyStart``) still bounds."""
+        records = _series(5)
+        await store.append(records)
+        floor = ulid_at(T0 + 2, 0)  # the smallest ID of that millisecond
+        assert await store.list_messages("room.1", now_ms=T0, min_id=floor) == records[2:]
+        assert await store.list_messages("room.1", now_ms=T0, min_id=ulid_at(T0 + 99)) == []
+
+    async def test_store_after_is_exclusive(self, store: Store) -> None:
+        """``after`` drops the record with that ID and everything older."""
+        records = _series(5)
+        await store.append(records)
+        assert await store.list_messages("room.1", now_ms=T0, after=records[1].id) == records[2:]
+        assert await store.list_messages("room.1", now_ms=T0, after=records[-1].id) == []
+
+    async def test_store_before_is_exclusive(self, store: Store) -> None:
+        """``before`` drops the record with that ID and everything newer."""
+        records = _series(5)
+        await store.append(records)
+        page = await store.list_messages("room.1", now_ms=T0, before=records[3].id, reverse=True)
+        assert page == records[2::-1]
+        assert await store.list_messages("room.1", now_ms=T0, before=records[0].id) == []
+
+    async def test_store_applies_bounds_in_either_direction(self, store: Store) -> None:
+        """The store applies whatever bounds it is given; ignoring ``after`` when ``reverse``
+        is the caller's rule (spec §10.2), not the store's."""
+        records = _series(6)
+        await store.append(records)
+        page = await store.list_messages("room.1", now_ms=T0, after=records[2].id, reverse=True)
+        assert page == records[:2:-1]
+        page = await store.list_messages("room.1", now_ms=T0, before=records[2].id)
+        assert page == records[:2]
+
+    async def test_store_combines_all_bounds(self, store: Store) -> None:
+        """``min_id``, ``after`` and ``before`` together give their intersection."""
+        records = _series(10)
+        await store.append(records)
+        ids = _ids(records)
+
+        async def window(
+            min_id: str | None = None, after: str | None = None, before: str | None = None
+        ) -> list[str]:
+            page = await store.list_messages(
+                "room.1", now_ms=T0, min_id=min_id, after=after, before=before
+            )
+            return _ids(page)
+
+        assert await window(min_id=ids[2], after=ids[4], before=ids[8]) == ids[5:8]
+        assert await window(min_id=ids[6], after=ids[4], before=ids[8]) == ids[6:8]
+        assert await window(min_id=ids[4], after=ids[4]) == ids[5:]
+        assert await window(after=ids[5], before=ids[6]) == []
+        assert await window(after=ids[7], before=ids[3]) == []
+
+    async def test_store_limit_caps_the_page(self, store: Store) -> None:
+        """``limit`` keeps the first records in the requested direction."""
+        records = _series(10)
+        await store.append(records)
+        assert await store.list_messages("room.1", now_ms=T0, limit=3) == records[:3]
+        page = await store.list_messages("room.1", now_ms=T0, limit=3, reverse=True)
+        assert page == records[:-4:-1]
+        assert await store.list_messages("room.1", now_ms=T0, limit=1) == records[:1]
+        assert await store.list_messages("room.1", now_ms=T0, limit=100) == records
+
+    async def test_store_limit_zero_returns_nothing(self, store: Store) -> None:
+        """``limit=0`` (or less) returns an empty page, never "no limit"."""
+        await store.append(_series(3))
+        assert await store.list_messages("room.1", now_ms=T0, limit=0) == []
+        assert await store.list_messages("room.1", now_ms=T0, limit=-1) == []
+
+    async def test_store_lists_nothing_for_unknown_channel(self, store: Store) -> None:
+        """A channel without records gives an empty page."""
+        assert await store.list_messages("nobody", now_ms=T0) == []
+        assert await store.list_messages("nobody", now_ms=T0, reverse=True) == []
+
+    # Expiry
+
+    async def test_store_hides_expired_records_before_sweep(self, store: Store) -> None:
+        """A record is invisible once ``now_ms`` reaches ``expires_ms``, swept or not."""
+        kept = make_record(ms=T0, sequence=1)
+        expiring = make_record(ms=T0, sequence=2, expires_ms=T0 + 1000)
+        await store.append([kept, expiring])
+        assert await store.list_messages("room.1", now_ms=T0 + 999) == [kept, expiring]
+        assert await store.list_messages("room.1", now_ms=T0 + 1000) == [kept]
+        assert await store.list_messages("room.1", now_ms=T0 + 1000, reverse=True) == [kept]
+        assert await store.get_message("room.1", expiring.id, now_ms=T0 + 999) == expiring
+        assert await store.get_message("room.1", expiring.id, now_ms=T0 + 1000) is None
+
+    async def test_store_never_expires_records_without_expiry(self, store: Store) -> None:
+        """``expires_ms=None`` is visible at any time and never swept."""
+        record = make_record(expires_ms=None)
+        await store.append([record])
+        far = 2**62
+        assert await store.list_messages("room.1", now_ms=far) == [record]
+        assert await store.get_message("room.1", record.id, now_ms=far) == record
+        assert await store.sweep(now_ms=far) == 0
+        assert await store.list_messages("room.1", now_ms=far) == [record]
+
+    async def test_store_limit_counts_only_visible_records(self, store: Store) -> None:
+        """Expired records inside the range do not shorten a page."""
+        records = [
+            dataclasses.replace(r, expires_ms=T0 + 10 if i % 2 else None)
+            for i, r in enumerate(_series(20))
+        ]
+        await store.append(records)
+        visible = records[::2]
+        assert await store.list_messages("room.1", now_ms=T0 + 10, limit=5) == visible[:5]
+        page = await store.list_messages("room.1", now_ms=T0 + 10, limit=5, reverse=True)
+        assert page == visible[:-6:-1]
+
+    async def test_store_sweep_deletes_only_expired_records(self, store: Store) -> None:
+        """``sweep`` removes records with ``expires_ms <= now_ms`` and nothing else."""
+        forever = make_record(ms=T0, sequence=1)
+        first = make_record(ms=T0, sequence=2, expires_ms=T0 + 10)
+        second = make_record("room.2", ms=T0, sequence=3, expires_ms=T0 + 20)
+        later = make_record(ms=T0, sequence=4, expires_ms=T0 + 30)
+        await store.append([forever, first, second, later])
+        assert await store.sweep(now_ms=T0 + 20) == 2
+        # Read at an earlier instant: swept records are gone, not merely hidden.
+        assert await store.list_messages("room.1", now_ms=T0) == [forever, later]
+        assert await store.list_messages("room.2", now_ms=T0) == []
+        assert await store.get_message("room.1", first.id, now_ms=T0) is None
+        assert await store.sweep(now_ms=T0 + 20) == 0
+
+    async def test_store_sweep_respects_limit(self, store: Store) -> None:
+        """``sweep`` deletes at most ``limit`` records per call."""
+        records = [make_record(f"room.{i % 3}", ms=T0 + i, expires_ms=T0 + 100) for i in range(10)]
+        await store.append([*records, make_record("room.0", ms=T0 + 50, sequence=9)])
+        counts = [await store.sweep(now_ms=T0 + 100, limit=3) for _ in range(5)]
+        assert counts == [3, 3, 3, 1, 0]
+        remaining = [await store.list_messages(f"room.{i}", now_ms=T0) for i in range(3)]
+        assert [len(page) for page in remaining] == [1, 0, 0]
+
+    async def test_store_sweep_with_nothing_expired_returns_zero(self, store: Store) -> None:
+        """An empty or unexpired store sweeps nothing."""
+        assert await store.sweep(now_ms=T0) == 0
+        await store.append([make_record(expires_ms=T0 + 1)])
+        assert await store.sweep(now_ms=T0) == 0
+        assert await store.sweep(now_ms=T0 + 1, limit=0) == 0
+        assert await store.sweep(now_ms=T0 + 1) == 1
+
+    # Appends
+
+    async def test_store_append_is_idempotent(self, store: Store) -> None:
+        """Appending an ID already stored keeps the first record and raises nothing."""
+        original = make_record(data='"first"')
+        await store.append([original])
+        await store.append([dataclasses.replace(original, data='"second"', event="other")])
+        await store.append([original])
+        assert await store.list_messages("room.1", now_ms=T0) == [original]
+
+    async def test_store_append_ignores_duplicates_within_one_call(self, store: Store) -> None:
+        """Two records with one ID in the same call store exactly one of them."""
+        first = make_record(data='"first"')
+        second = dataclasses.replace(first, data='"second"')
+        other = make_record(sequence=5)
+        await store.append([first, second, other])
+        page = await store.list_messages("room.1", now_ms=T0)
+        assert _ids(page) == [first.id, other.id]
+        assert page[0] in (first, second)
+
+    async def test_store_append_of_nothing_is_a_no_op(self, store: Store) -> None:
+        """``append([])`` succeeds and stores nothing."""
+        await store.append([])
+        assert await store.list_messages("room.1", now_ms=T0) == []
+
+    async def test_store_append_large_call(self, store: Store) -> None:
+        """One call with thousands of records stores all of them."""
+        records = [make_record(ms=T0 + i // 7, sequence=i % 7) for i in range(5000)]
+        await store.append(records)
+        seen: list[MessageRecord] = []
+        after = None
+        while True:
+            page = await store.list_messages("room.1", now_ms=T0, after=after, limit=1000)
+            seen += page
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+        assert seen == records
+
+    async def test_store_concurrent_appends_are_all_listed(self, store: Store) -> None:
+        """200 appends awaited together are all stored, in ID order."""
+        records = _series(200)
+        await asyncio.gather(*(store.append([record]) for record in records))
+        assert await store.list_messages("room.1", now_ms=T0, limit=1000) == records
+
+    async def test_store_concurrent_appends_across_channels(self, store: Store) -> None:
+        """Concurrent appends to many channels, with reads in between, keep every channel."""
+        channels = [f"room.{c}" for c in range(10)]
+        records = {channel: _series(30, channel) for channel in channels}
+        calls = [store.append([records[ch][i]]) for i in range(30) for ch in channels]
+        reads = [store.list_messages(ch, now_ms=T0) for ch in channels]
+        await asyncio.gather(*calls, *reads)
+        for channel in channels:
+            assert await store.list_messages(channel, now_ms=T0) == records[channel]
+
+    async def test_store_concurrent_appends_are_durable(
+        self, store: Store, make_store: StoreFactory
+    ) -> None:
+        """Once 200 concurrent appends returned, a new instance sees all of them."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        records = _series(200)
+        await asyncio.gather(*(store.append([record]) for record in records))
+        async with self.reopened(make_store) as other:
+            assert await other.list_messages("room.1", now_ms=T0, limit=1000) == records
+
+    # Channels and round trips
+
+    async def test_store_channels_are_isolated(self, store: Store) -> None:
+        """The same ID on two channels is two records; names that share a prefix do not mix."""
+        shared_id = ulid_at(T0, 42)
+        a = make_record("room.1", message_id=shared_id, data='"a"')
+        b = make_record("room.10", message_id=shared_id, data='"b"')
+        c = make_record("room.", ms=T0 + 1, data='"c"')
+        await store.append([a, b, c])
+        assert await store.list_messages("room.1", now_ms=T0) == [a]
+        assert await store.list_messages("room.10", now_ms=T0) == [b]
+        assert await store.list_messages("room.", now_ms=T0) == [c]
+        assert await store.get_message("room.10", shared_id, now_ms=T0) == b
+        assert await store.get_message("room.2", shared_id, now_ms=T0) is None
+
+    @pytest.mark.parametrize("text", TRICKY_JSON, ids=range(len(TRICKY_JSON)))
+    async def test_store_round_trips_json_text_exactly(self, store: Store, text: str) -> None:
+        """``data`` and ``umd`` come back as the very same text, escapes and key order included."""
+        record = make_record(data=text, umd=text)
+        await store.append([record])
+        [listed] = await store.list_messages("room.1", now_ms=T0)
+        assert listed.data == text and listed.umd == text
+        fetched = await store.get_message("room.1", record.id, now_ms=T0)
+        assert fetched is not None and fetched.data == text and fetched.umd == text
+
+    async def test_store_round_trips_every_field(self, store: Store) -> None:
+        """All fields come back equal, with None kept apart from empty strings."""
+        channel = "presence.ßpace-😀-" + "x" * 200  # 218 code points, multi-byte UTF-8
+        full = make_record(
+            channel,
+            ms=T0,
+            sequence=1,
+            event="chat 💬 #1",
+            uid="Jîm 😀",
+            umd='{"role":"admin"}',
+            expires_ms=T0 + 3_155_695_200_000,  # the longest retention, in ms
+            trigger="client.websocket",
+            connection_id="JCnTZd_KoAMCF-A=",
+            source_ip="2001:db8::1",
+            user_agent="Mozilla/5.0 (X11; Linux x86_64) \"quoted\" 'single'",
+        )
+        empty = make_record(
+            channel, ms=T0, sequence=2, uid="", connection_id="", source_ip="", user_agent=""
+        )
+        bare = make_record(channel, ms=T0, sequence=3)
+        await store.append([full, empty, bare])
+        assert await store.list_messages(channel, now_ms=T0) == [full, empty, bare]
+        for record in (full, empty, bare):
+            assert await store.get_message(channel, record.id, now_ms=T0) == record
+
+    async def test_store_get_message_finds_only_that_record(self, store: Store) -> None:
+        """``get_message`` returns the record, or None for an unknown ID."""
+        records = _series(3)
+        await store.append(records)
+        assert await store.get_message("room.1", records[1].id, now_ms=T0) == records[1]
+        assert await store.get_message("room.1", ulid_at(T0 + 7), now_ms=T0) is None
+        assert await store.get_message("nobody", records[1].id, now_ms=T0) is None
+
+    # Paging
+
+    async def test_store_pages_forward_without_gap_or_duplicate(self, store: Store) -> None:
+        """Paging 250 records by ``after`` = last ID yields each exactly once, in order."""
+        records = _series(250)
+        await store.append(records)
+        seen: list[MessageRecord] = []
+        after: str | None = None
+        sizes = []
+        while True:
+            page = await store.list_messages("room.1", now_ms=T0, after=after, limit=100)
+            sizes.append(len(page))
+            seen += page
+            if len(page) < 100:
+                break
+            after = page[-1].id
+        assert sizes == [100, 100, 50]
+        assert seen == records
+
+    async def test_store_pages_backward_without_gap_or_duplicate(self, store: Store) -> None:
+        """Paging 250 records newest first by ``before`` = last ID yields each exactly once."""
+        records = _series(250)
+        await store.append(records)
+        seen: list[MessageRecord] = []
+        before: str | None = None
+        sizes = []
+        while True:
+            page = await store.list_messages(
+                "room.1", now_ms=T0, before=before, reverse=True, limit=100
+            )
+            sizes.append(len(page))
+            seen += page
+            if len(page) < 100:
+                break
+            before = page[-1].id
+        assert sizes == [100, 100, 50]
+        assert seen == records[::-1]
+
+    # Lifecycle
+
+    async def test_store_open_is_idempotent(self, store: Store) -> None:
+        """A second ``open()`` on an open store changes nothing."""
+        await store.append(_series(2))
+        await store.open()
+        assert len(await store.list_messages("room.1", now_ms=T0)) == 2
+
+    async def test_store_aclose_is_idempotent(self, make_store: StoreFactory) -> None:
+        """``aclose()`` may be called twice, and on a store never opened."""
+        store = make_store()
+        await store.open()
+        await store.aclose()
+        await store.aclose()
+        never_opened = make_store()
+        await never_opened.aclose()
+
+    async def test_store_refuses_calls_after_aclose(self, make_store: StoreFactory) -> None:
+        """Calls on a closed store raise ``StoreError`` rather than hang or half-work."""
+        store = make_store()
+        await store.open()
+        await store.aclose()
+        with pytest.raises(StoreError):
+            await store.append([make_record()])
+        with pytest.raises(StoreError):
+            await store.list_messages("room.1", now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.get_message("room.1", ulid_at(T0), now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.sweep(now_ms=T0)
+
+    async def test_store_aclose_flushes_pending_appends(self, make_store: StoreFactory) -> None:
+        """Appends already waiting when ``aclose()`` starts all complete and are kept."""
+        store = make_store()
+        await store.open()
+        records = _series(50)
+        try:
+            tasks = [asyncio.create_task(store.append([record])) for record in records]
+            await asyncio.sleep(0)  # every append is now queued inside the store
+        finally:
+            await store.aclose()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert outcomes == [None] * len(records)
+        if self.persistent:
+            async with self.reopened(make_store) as other:
+                assert await other.list_messages("room.1", now_ms=T0) == records
+
+    async def test_store_data_survives_close_and_reopen(self, make_store: StoreFactory) -> None:
+        """A persistent backend shows every record, with expiry, after a restart."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        records = _series(120)
+        expiring = make_record("room.2", expires_ms=T0 + 5)
+        store = make_store()
+        await store.open()
+        try:
+            await store.append(records)
+            await store.append([expiring])
+        finally:
+            await store.aclose()
+        async with self.reopened(make_store) as other:
+            assert await other.list_messages("room.1", now_ms=T0, limit=200) == records
+            assert await other.get_message("room.2", expiring.id, now_ms=T0) == expiring
+            assert await other.list_messages("room.2", now_ms=T0 + 5) == []
+            assert await other.sweep(now_ms=T0 + 5) == 1
+            await other.append([make_record("room.3")])
+        async with self.reopened(make_store) as third:
+            assert len(await third.list_messages("room.1", now_ms=T0, limit=200)) == 120
+            assert await third.list_messages("room.2", now_ms=T0) == []
+            assert len(await third.list_messages("room.3", now_ms=T0)) == 1

@@ -1,0 +1,248 @@
+"""``PostgresStore`` against the store contract on a real PostgreSQL, plus concurrent schema
+migration, outage mapping and URL parsing.
+
+Integration tests need ``TIDINGS_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``); they are skipped when it is unreachable, unless
+``TIDINGS_REQUIRE_SERVICES=1``, which turns that into a failure. Each test works in its own
+schema, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from tidings.errors import ConfigError, StoreError, StoreUnavailable
+from tidings.store import open_store
+from tidings.store.postgres import PostgresStore
+from tidings.testing.store_contract import T0, StoreContract, StoreFactory, make_record
+
+POSTGRES_URL = os.environ.get(
+    "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_SERVICES = os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1"
+
+_reachable: str | None = None  # "" when reachable, else why not; probed once per session
+
+
+async def _probe() -> str:
+    global _reachable
+    if _reachable is None:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+        except Exception as exc:  # any failure means "cannot run these tests here"
+            _reachable = f"{type(exc).__name__}: {exc}"
+        else:
+            await conn.close()
+            _reachable = ""
+    return _reachable
+
+
+@pytest_asyncio.fixture
+async def schema() -> AsyncIterator[str]:
+    """A unique schema name for this test (created by the store), dropped afterwards."""
+    reason = await _probe()
+    if reason:
+        message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({reason})"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{message} and TIDINGS_REQUIRE_SERVICES=1")
+        pytest.skip(f"{message}; start it or point TIDINGS_TEST_POSTGRES_URL at one")
+    name = f"tidings_test_{secrets.token_hex(6)}"
+    yield name
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+class TestPostgresStore(StoreContract):
+    persistent = True
+
+    @pytest.fixture
+    def make_store(self, schema: str) -> StoreFactory:
+        return lambda: PostgresStore(POSTGRES_URL, schema=schema, pool_max_size=5)
+
+
+@pytest_asyncio.fixture
+async def prefix(schema: str) -> AsyncIterator[str]:
+    """A unique table prefix in the default schema; its tables are dropped afterwards."""
+    prefix = f"{schema}_"
+    yield prefix
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
+    try:
+        await conn.execute(f'DROP TABLE IF EXISTS "{prefix}messages", "{prefix}schema_version"')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+class TestPostgresStoreOneWriter(StoreContract):
+    """The contract with one flusher, tiny batches and a table prefix in the default schema."""
+
+    persistent = True
+
+    @pytest.fixture
+    def make_store(self, prefix: str) -> StoreFactory:
+        return lambda: PostgresStore(
+            POSTGRES_URL, table_prefix=prefix, max_writers=1, max_batch_rows=7, pool_max_size=2
+        )
+
+
+# Schema migration
+
+
+@pytest.mark.integration
+async def test_postgres_store_concurrent_open_on_fresh_schema(schema: str) -> None:
+    """Several nodes opening at once on an empty database all succeed and share one schema."""
+    stores = [PostgresStore(POSTGRES_URL, schema=schema, pool_min_size=1) for _ in range(6)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        record = make_record()
+        await stores[0].append([record])
+        for store in stores:
+            assert await store.list_messages("room.1", now_ms=T0) == [record]
+    finally:
+        await asyncio.gather(*(store.aclose() for store in stores))
+
+
+@pytest.mark.integration
+async def test_postgres_store_refuses_newer_schema(schema: str) -> None:
+    """A schema written by a newer tidings is refused instead of being misread."""
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    await store.open()
+    await store.aclose()
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'UPDATE "{schema}"."tidings_schema_version" SET version = 99')
+    finally:
+        await conn.close()
+    newer = PostgresStore(POSTGRES_URL, schema=schema)
+    with pytest.raises(StoreError, match="newer"):
+        await newer.open()
+    await newer.aclose()
+
+
+@pytest.mark.integration
+async def test_postgres_store_keeps_nul_escapes_and_key_order(schema: str) -> None:
+    """JSON text is stored as text: the ``\\u0000`` escape and key order come back as sent."""
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    await store.open()
+    try:
+        record = make_record(data='{"z":"a\\u0000b","a":1}')
+        await store.append([record])
+        assert await store.get_message("room.1", record.id, now_ms=T0) == record
+    finally:
+        await store.aclose()
+
+
+# Failures
+
+
+async def test_postgres_store_unreachable_server_is_unavailable() -> None:
+    """A server that refuses connections makes ``open()`` raise ``StoreUnavailable``."""
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout=2)
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    await store.aclose()
+
+
+@pytest.mark.integration
+async def test_postgres_store_recovers_after_connections_are_killed(schema: str) -> None:
+    """Killed server connections give ``StoreUnavailable`` at worst, then the pool recovers."""
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}application_name={schema}"  # tags our sessions
+    store = PostgresStore(url, schema=schema, pool_min_size=2, pool_max_size=2)
+    await store.open()
+    import asyncpg
+
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await store.append([make_record(ms=T0)])
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1",
+            schema,
+        )
+        assert killed >= 1
+        for attempt in range(5):
+            try:
+                await store.append([make_record(ms=T0 + 1)])
+                break
+            except StoreUnavailable:
+                assert attempt < 4
+        page = await store.list_messages("room.1", now_ms=T0)
+        assert len(page) == 2
+    finally:
+        await admin.close()
+        await store.aclose()
+
+
+@pytest.mark.integration
+async def test_postgres_store_nul_character_fails_only_its_call(schema: str) -> None:
+    """Text PostgreSQL cannot hold (a raw U+0000) fails its own call with ``StoreError`` and
+    not the calls committed alongside it."""
+    store = PostgresStore(POSTGRES_URL, schema=schema, max_writers=1)
+    await store.open()
+    try:
+        good = [make_record(ms=T0 + i) for i in range(10)]
+        outcomes = await asyncio.gather(
+            *(store.append([r]) for r in good[:5]),
+            store.append([make_record(ms=T0 + 50, uid="nul\x00here")]),
+            *(store.append([r]) for r in good[5:]),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcomes if o is not None]
+        assert len(errors) == 1 and type(errors[0]) is StoreError
+        assert await store.list_messages("room.1", now_ms=T0) == good
+    finally:
+        await store.aclose()
+
+
+# URLs and options
+
+
+def test_postgres_store_from_url_strips_tidings_options() -> None:
+    """tidings options leave the DSN; driver options stay in it."""
+    store = PostgresStore.from_url(
+        "postgresql://u:p@db:5433/app?schema=chat&table_prefix=t_&pool_max_size=3&sslmode=disable"
+    )
+    assert store._dsn == "postgresql://u:p@db:5433/app?sslmode=disable"
+    assert store.messages_table == '"chat"."t_messages"'
+    assert store._pool_kwargs["max_size"] == 3
+
+
+def test_postgres_store_default_table_names() -> None:
+    """Without options, tables are ``tidings_*`` in the search path."""
+    store = open_store("postgres://localhost/app")
+    assert isinstance(store, PostgresStore)
+    assert store.messages_table == '"tidings_messages"'
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://h/db?schema=Bad-Name",
+        "postgresql://h/db?table_prefix=x;drop",
+        "postgresql://h/db?pool_max_size=lots",
+        "postgresql://h/db?pool_min_size=5&pool_max_size=2",
+    ],
+)
+def test_postgres_store_from_url_rejects_bad_options(url: str) -> None:
+    """Identifiers spliced into SQL and pool sizes are checked up front."""
+    with pytest.raises(ConfigError):
+        PostgresStore.from_url(url)
