@@ -14,8 +14,8 @@ from tidings.errors import TidingsError  # noqa: E402
 from tidings.sdk import (  # noqa: E402
     AsyncPublisher,
     Issuer,
-    PublishError,
     Publisher,
+    PublishError,
     PublishResult,
     WebhookVerificationError,
     webhooks,

@@ -6,10 +6,11 @@ connections.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Broker", "Delivery", "DeliverFn"]
+__all__ = ["Broker", "Delivery", "DeliverFn", "Minter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,9 @@ class Delivery:
 
 DeliverFn = Callable[[str, Sequence[Delivery]], None]
 """Called by the broker on every node with a channel and its messages, in channel order."""
+
+Minter = Callable[[int], str]
+"""Returns the channel's next message ID (a ULID) for a clock reading in Unix milliseconds."""
 
 
 class Broker(Protocol):
@@ -37,6 +41,13 @@ class Broker(Protocol):
 
     async def unsubscribe(self, channel: str) -> None:
         """Declare that this node has no more local subscribers on ``channel``. Idempotent."""
+        ...
+
+    def ordering(self, channel: str) -> AbstractAsyncContextManager[Minter]:
+        """Hold ``channel``'s publishing turn: inside the block this node alone mints the
+        channel's IDs (strictly above every ID minted before, on any node) and publishes them,
+        so ID order is delivery order everywhere. Callers keep the block short: mint, store,
+        ``publish``."""
         ...
 
     async def publish(self, channel: str, deliveries: Sequence[Delivery]) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
-from tidings.broker.base import Broker, DeliverFn, Delivery
+from tidings.broker.base import Broker, DeliverFn, Delivery, Minter
+from tidings.core.ids import ChannelIdMinter
 
 __all__ = ["MemoryBroker"]
 
@@ -18,6 +20,7 @@ class MemoryBroker:
         self._deliver: DeliverFn | None = None
         self._claims: dict[str, tuple[str, float]] = {}  # key -> (value, expires at, monotonic)
         self._expiry: list[tuple[float, str]] = []  # heap to evict claims without full scans
+        self._minter = ChannelIdMinter()
 
     async def start(self, deliver: DeliverFn) -> None:
         self._deliver = deliver
@@ -27,6 +30,11 @@ class MemoryBroker:
 
     async def unsubscribe(self, channel: str) -> None:
         return None
+
+    @asynccontextmanager
+    async def ordering(self, channel: str) -> AsyncIterator[Minter]:
+        # one node: the hub's channel lane already serialises a channel's publications
+        yield lambda now_ms: self._minter.mint(channel, now_ms)
 
     async def publish(self, channel: str, deliveries: Sequence[Delivery]) -> None:
         if self._deliver is not None:

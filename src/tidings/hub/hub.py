@@ -23,11 +23,10 @@ from typing import Any
 
 import orjson
 
-from tidings.broker.base import Broker, Delivery
+from tidings.broker.base import Broker, Delivery, Minter
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import (
-    ChannelIdMinter,
     is_ulid,
     new_connection_id,
     new_connection_secret,
@@ -98,7 +97,7 @@ class Publication:
     dedup_key: str | None = None
     emit_event: bool = False  # emit hotsock.messagePublished once delivered
     request_id: str = ""  # ULID of the accepting request (event metadata)
-    id: str = ""  # minted when the publication enters its lane
+    id: str = ""  # minted when its lane processes it, in the channel's publishing turn
     created_ms: int = 0
 
     def record(self) -> MessageRecord:
@@ -164,7 +163,6 @@ class Hub:
         self._counts: dict[str, int] = {}  # channel -> subscriptionsCount (spec §6.4)
         self._presence: dict[str, PresenceChannel] = {}  # presence channel -> members
         self._lanes: dict[str, _Lane] = {}
-        self._minter = ChannelIdMinter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -585,7 +583,6 @@ class Hub:
         pub.created_ms = now_ms()
         if pub.emit_event:
             pub.request_id = new_ulid(pub.created_ms)
-        pub.id = self._minter.mint(pub.channel, pub.created_ms)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PublishResult] = loop.create_future()
         lane = self._lanes.get(pub.channel)
@@ -610,8 +607,22 @@ class Hub:
     async def _process_batch(
         self, channel: str, batch: list[tuple[Publication, asyncio.Future[PublishResult]]]
     ) -> None:
+        try:
+            async with self.broker.ordering(channel) as mint:
+                await self._publish_batch(channel, batch, mint)
+        except Exception as exc:  # the turn itself failed (broker unreachable)
+            log.exception("! publishing turn failed on %s", channel)
+            await self._fail_all([(p, f) for p, f in batch if not f.done()], exc)
+
+    async def _publish_batch(
+        self,
+        channel: str,
+        batch: list[tuple[Publication, asyncio.Future[PublishResult]]],
+        mint: Minter,
+    ) -> None:
         live: list[tuple[Publication, asyncio.Future[PublishResult]]] = []
         for pub, future in batch:
+            pub.id = mint(now_ms())
             if pub.dedup_key is not None:
                 try:
                     original = await self.broker.claim_once(pub.dedup_key, pub.id, DEDUP_WINDOW_MS)
@@ -646,9 +657,11 @@ class Hub:
         try:
             await self.broker.publish(channel, deliveries)
         except Exception as exc:
-            log.exception("! broker publish failed on %s", channel)
-            await self._fail_all(live, exc)
-            return
+            # a stored message is durable and listable, so it is acknowledged even though its
+            # live delivery was lost; an unstored one existed only in flight, so it fails (503)
+            log.exception("! broker publish failed on %s; live delivery lost", channel)
+            await self._fail_all([(p, f) for p, f in live if p.store_seconds == 0], exc)
+            live = [(p, f) for p, f in live if p.store_seconds != 0]
         self.stats["messages_published"] += len(live)
         for pub, future in live:
             _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
