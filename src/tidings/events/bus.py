@@ -113,7 +113,7 @@ class EventBus:
         self,
         type: str,
         data_type: str,
-        data: Mapping[str, Any],
+        data: dict[str, Any],
         metadata: Mapping[str, str | None] | None = None,
     ) -> None:
         """Queue one event for every endpoint that receives its type. Never blocks or raises.

@@ -264,6 +264,7 @@ _SQLITE_INSERT = (
     f"INSERT INTO webhook_outbox ({_FIELDS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
 _SQLITE_DELETE = "DELETE FROM webhook_outbox WHERE id = ?"
+_SQLITE_LEASE = "UPDATE webhook_outbox SET next_attempt_ms = ? WHERE id = ?"
 _SQLITE_RETRY = "UPDATE webhook_outbox SET next_attempt_ms = ?, attempts = ? WHERE id = ?"
 _SQLITE_DUE = {
     False: f"SELECT {_FIELDS} FROM webhook_outbox WHERE next_attempt_ms <= ? "
@@ -346,16 +347,21 @@ class SqliteOutbox:
             return []  # SQLite reads LIMIT -1 as "no limit"
         params: tuple[object, ...] = (now_ms, limit) if url is None else (url, now_ms, limit)
         until = now_ms + self._lease_ms
+        sql = _SQLITE_DUE[url is not None]
 
         def claim(conn: sqlite3.Connection) -> list[PendingDelivery]:
-            rows = conn.execute(_SQLITE_DUE[url is not None], params).fetchall()
-            conn.executemany(
-                "UPDATE webhook_outbox SET next_attempt_ms = ? WHERE id = ?",
-                [(until, row[0]) for row in rows],
-            )
+            rows = conn.execute(sql, params).fetchall()
+            conn.executemany(_SQLITE_LEASE, [(until, row[0]) for row in rows])
             return [PendingDelivery(r[0], r[1], r[2], r[3], r[4], until) for r in rows]
 
-        return await self._run(claim)
+        def probe_then_claim(conn: sqlite3.Connection) -> list[PendingDelivery]:
+            # Idle polls are the common case: a plain read finds nothing due without taking the
+            # write lock the message store's group commits need.
+            if conn.execute(sql, (*params[:-1], 1)).fetchone() is None:
+                return []
+            return _transaction(conn, claim)
+
+        return await self._run(probe_then_claim, write=False)
 
     async def done(self, ids: Sequence[str]) -> None:
         """See ``Outbox.done``."""
@@ -411,19 +417,7 @@ class SqliteOutbox:
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("the webhook outbox is closed")
-        if not write:
-            return fn(conn)
-        # IMMEDIATE takes the write lock up front: between a claim's SELECT and its UPDATE no
-        # other claimer runs, even in another process.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+        return _transaction(conn, fn) if write else fn(conn)
 
     def _open_sync(self) -> None:
         # isolation_level=None: autocommit; _run_sync issues BEGIN IMMEDIATE/COMMIT itself.
@@ -441,7 +435,7 @@ class SqliteOutbox:
                 for statement in _SQLITE_SCHEMA:
                     c.execute(statement)
 
-            self._run_sync(create, True)
+            _transaction(conn, create)
         except BaseException:
             self._conn = None
             conn.close()
@@ -451,6 +445,20 @@ class SqliteOutbox:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _transaction(conn: sqlite3.Connection, fn: _Fn[_T]) -> _T:
+    # IMMEDIATE takes the write lock up front: between a claim's SELECT and its UPDATE no other
+    # claimer runs, even in another process.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 # PostgreSQL

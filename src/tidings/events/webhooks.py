@@ -113,6 +113,7 @@ class _Lane:
     retry_at: list[int] = field(default_factory=list)
     # Deliveries whose send was cancelled at shutdown: their leases are released.
     interrupted: list[PendingDelivery] = field(default_factory=list)
+    outbox_failing: bool = False  # the last claim failed (logged once per outage)
 
 
 class WebhookDispatcher:
@@ -261,13 +262,17 @@ class WebhookDispatcher:
                 free = self._concurrency - len(lane.inflight)
                 if free >= self._claim_threshold:
                     now_ms = self._now_ms()
-                    while lane.retry_at and lane.retry_at[0] <= now_ms:
-                        heapq.heappop(lane.retry_at)
                     try:
                         batch = await self._outbox.due(now_ms, free, url=url)
                     except Exception as exc:
-                        logger.warning("! webhook outbox unavailable for %s: %s", lane.label, exc)
+                        if not lane.outbox_failing:  # once per outage, not once per poll
+                            logger.warning("! webhook outbox unavailable: %s", exc)
+                        lane.outbox_failing = True
                         batch = []
+                    else:
+                        if lane.outbox_failing:
+                            logger.info("= webhook outbox available again")
+                        lane.outbox_failing = False
                     for delivery in batch:
                         task = sends.create_task(self._send(lane, delivery))
                         lane.inflight[delivery.id] = (task, delivery)
@@ -285,9 +290,14 @@ class WebhookDispatcher:
         lane.interrupted.clear()
 
     async def _sleep(self, lane: _Lane) -> None:
+        now_ms = self._now_ms()
+        # Retries already due wait for the next claim, which a freed slot triggers; keeping them
+        # would make a full lane spin here.
+        while lane.retry_at and lane.retry_at[0] <= now_ms:
+            heapq.heappop(lane.retry_at)
         delay = self._poll_interval
         if lane.retry_at:
-            delay = min(delay, max(0.0, (lane.retry_at[0] - self._now_ms()) / 1000))
+            delay = min(delay, (lane.retry_at[0] - now_ms) / 1000)
         try:
             await asyncio.wait_for(lane.wakeup.wait(), delay)
         except TimeoutError:
