@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tidings.core.names import (
+    is_presence,
     is_valid_channel,
     validate_channel,
     validate_data,
@@ -74,3 +75,7 @@ def test_store_invalid(value: object) -> None:
     with pytest.raises(ProtocolError) as info:
         validate_store(value)
     assert info.value.code is ErrorCode.INVALID_MESSAGE
+
+
+def test_presence_prefix() -> None:
+    assert is_presence("presence.room") and not is_presence("room.presence.")
