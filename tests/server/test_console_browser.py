@@ -1,0 +1,267 @@
+"""Browser test of the web console (spec §19) against a real `tidings serve` process.
+
+Drives Debian's Chromium (/usr/bin/chromium) through Playwright's Python package. Skipped when
+either is missing, unless TIDINGS_REQUIRE_SERVICES=1 (then it fails). Leaves a screenshot in
+tests/artifacts/console.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import OctKey
+
+try:
+    from playwright.sync_api import Locator, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+SIGNING_SECRET = secrets.token_bytes(32)
+API_KEY = "console-test-" + secrets.token_hex(16)
+
+
+def _require(ok: bool, reason: str) -> None:
+    if ok:
+        return
+    if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (TIDINGS_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(
+    method: str, url: str, body: object = None, api_key: str | None = None
+) -> tuple[int, str]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, e.read().decode()
+        finally:
+            e.close()
+
+
+@pytest.fixture
+def browser_available() -> None:
+    _require(sync_playwright is not None, "playwright is not installed (pip install playwright)")
+    _require(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (apt-get install chromium)")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """Start `python -m tidings serve` on a free port; yield its base URL."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env.update(
+        TIDINGS_SIGNING_KEY1_METHOD="HS256",
+        TIDINGS_SIGNING_KEY1=base64.b64encode(SIGNING_SECRET).decode(),
+        TIDINGS_API_KEY1=API_KEY,
+        TIDINGS_STORE=f"sqlite:///{tmp_path}/t.db",
+    )
+    cmd = [sys.executable, "-m", "tidings", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(
+                        f"tidings serve exited with {proc.returncode}:\n{log_path.read_text()}"
+                    )
+                try:
+                    if _http("GET", f"{base}/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"tidings serve not healthy after 30 s:\n{log_path.read_text()}")
+                time.sleep(0.1)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _connect_token() -> str:
+    claims = {
+        "scope": "connect",
+        "exp": int(time.time()) + 600,
+        "uid": "console-tester",
+        "channels": {
+            "demo": {
+                "subscribe": True,
+                "historyStart": 0,
+                "messages": {"*": {"publish": True, "echo": True, "store": 3600}},
+            }
+        },
+    }
+    return jwt.encode({"alg": "HS256", "typ": "JWT"}, claims, OctKey.import_key(SIGNING_SECRET))
+
+
+def _log_entries(page: Page, direction: str, text: str) -> Locator:
+    return page.locator(f'#log .log-entry[data-dir="{direction}"]', has_text=text)
+
+
+@pytest.mark.timeout(120)
+def test_console_end_to_end(browser_available: None, server: str) -> None:
+    expect.set_options(timeout=10_000)
+    host = urlsplit(server).netloc
+    token = _connect_token()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page_errors: list[str] = []
+            foreign: list[str] = []
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.on(
+                "request",
+                lambda r: (
+                    None
+                    if r.url.startswith("data:") or urlsplit(r.url).netloc == host
+                    else foreign.append(r.url)
+                ),
+            )
+
+            page.goto(f"{server}/console/")
+            expect(page.locator("#ws-url")).to_have_value(f"ws://{host}/")
+            expect(page.locator("#http-url")).to_have_value(server)
+            expect(page.locator("#status")).to_have_text("disconnected")
+
+            # Decode the pasted token, then connect.
+            page.fill("#token", token)
+            expect(page.locator("#claims")).to_contain_text('"console-tester"')
+            expect(page.locator("#claims")).to_contain_text("exp")
+            page.click("#connect")
+            expect(page.locator("#status")).to_have_text("connected")
+            conn_id = page.text_content("#connection-id") or ""
+            assert conn_id.endswith("="), conn_id
+            secret = page.evaluate("() => state.secret")
+            assert secret and secret not in page.inner_text("body"), "secret must be masked"
+
+            # Subscribe.
+            page.fill("#channel", "demo")
+            page.click("#subscribe")
+            expect(page.locator('#subscriptions li[data-channel="demo"]')).to_have_attribute(
+                "data-state", "subscribed"
+            )
+
+            # A server-side publish shows up in the frame log.
+            body = {"channel": "demo", "event": "server-news", "data": {"n": 1}, "store": 3600}
+            status, text = _http("POST", f"{server}/publish", body, API_KEY)
+            assert status == 202, text
+            expect(_log_entries(page, "in", "server-news")).to_have_count(1)
+            assert '"channel":"demo"' in (
+                _log_entries(page, "in", "server-news").text_content() or ""
+            )
+
+            # A channel message over the socket (echo is on, so it comes back).
+            page.fill("#msg-channel", "demo")
+            page.fill("#msg-event", "from-socket")
+            page.fill("#msg-data", '{"text":"hi"}')
+            page.click("#send-message")
+            expect(_log_entries(page, "out", "from-socket")).to_have_count(1)
+            expect(_log_entries(page, "in", "from-socket")).to_have_count(1)
+
+            # publishMessage through the Client HTTP API.
+            page.fill("#http-channel", "demo")
+            page.fill("#http-event", "from-http")
+            page.click("#http-publish")
+            expect(
+                page.locator('#log .log-entry[data-dir="http"][data-status="202"]')
+            ).to_have_count(1)
+            expect(_log_entries(page, "in", "from-http")).to_have_count(1)
+
+            # Ping and raw frames.
+            page.click("#ping")
+            expect(_log_entries(page, "in", "hotsock.pong")).to_have_count(1)
+            page.fill("#raw-frame", '{"event":"hotsock.bogus"}')
+            page.click("#send-raw")
+            expect(_log_entries(page, "in", "INVALID_EVENT")).to_have_count(1)
+
+            # History through listMessages.
+            page.fill("#history-channel", "demo")
+            page.click("#list-messages")
+            items = page.locator("#history .history-item")
+            expect(items).to_have_count(3)
+            expect(items.first).to_contain_text("server-news")
+            assert len(items.first.get_attribute("data-id") or "") == 26
+            request = _log_entries(page, "http", "/connection/listMessages").first
+            expect(request).to_contain_text('"channel":"demo"')
+
+            # Log filter.
+            page.fill("#filter", "server-news")
+            expect(page.locator("#log .log-entry:visible")).not_to_have_count(0)
+            for entry in page.locator("#log .log-entry:visible").all():
+                assert "server-news" in (entry.text_content() or "")
+            page.fill("#filter", "")
+
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.evaluate("document.getElementById('controls').scrollTop = 0")
+            page.screenshot(path=str(ARTIFACTS / "console.png"))
+
+            # Disconnect; Reconnect opens a new connection and re-subscribes.
+            page.click("#disconnect")
+            expect(page.locator("#status")).to_have_text("disconnected")
+            page.click("#reconnect")
+            expect(page.locator("#status")).to_have_text("connected")
+            expect(page.locator("#connection-id")).not_to_have_text(conn_id)
+            expect(page.locator('#subscriptions li[data-channel="demo"]')).to_have_attribute(
+                "data-state", "subscribed"
+            )
+            page.click("#disconnect")
+            expect(page.locator("#status")).to_have_text("disconnected")
+
+            # Pasting a token connects on its own (auto-connect).
+            page.dispatch_event("#token", "paste")
+            expect(page.locator("#status")).to_have_text("connected")
+            page.click("#disconnect")
+            assert not page_errors, page_errors
+            assert not foreign, f"console made requests to other origins: {foreign}"
+        finally:
+            browser.close()
