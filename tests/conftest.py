@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import base64
 import os
 import time
@@ -76,7 +77,7 @@ def make_settings(**overrides: Any) -> Settings:
             s = replace(s, backends=replace(s.backends, **{key: value}))
             continue
         for group, cls in groups.items():
-            if key in cls.__dataclass_fields__:
+            if key in {f.name for f in dataclasses.fields(cls)}:
                 s = replace(s, **{group: replace(getattr(s, group), **{key: value})})
                 break
         else:

@@ -28,7 +28,7 @@ from joserfc.jwk import OctKey
 try:
     from playwright.sync_api import Locator, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+    sync_playwright = None  # type: ignore[assignment]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

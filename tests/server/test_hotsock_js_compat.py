@@ -175,7 +175,7 @@ class JsClientModel:
             entry["state"] = "subscribeConfirmed"
             entry["auto"] = data.get("autoSubscribed") is True
             alias = meta.get("channelAlias")
-            if _truthy(alias):
+            if isinstance(alias, str) and _truthy(alias):
                 self.alias_to_real[alias] = frame["channel"]
                 self.real_to_alias[frame["channel"]] = alias
                 self.channels.pop(alias, None)
@@ -263,7 +263,7 @@ class JsClient:
 
 
 async def open_js(
-    server: Server, claims: dict[str, Any] | None = None, *, token: str | None = None, path=""
+    server: Server, claims: dict[str, Any] | None = None, *, token: str | None = None, path: str = ""
 ) -> JsClient:
     """Open a socket like the client does (``<url>?token=<jwt>``, deflate offered, an Origin),
     without reading anything yet."""

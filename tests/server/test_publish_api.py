@@ -124,9 +124,8 @@ async def test_publish_oversized_body_gets_413(server: Server) -> None:
         b'{"channel":"room","event":"e","data":"' + b"x" * 300_000 + b'"}',
         {"Authorization": "Bearer test-api-key-1"},
     )
-    assert status == 413 and payload == {
-        "error": {"code": "PAYLOAD_TOO_LARGE", "message": payload["error"]["message"]}
-    }
+    assert status == 413
+    assert isinstance(payload, dict) and payload["error"]["code"] == "PAYLOAD_TOO_LARGE"
 
 
 async def test_unknown_route_and_wrong_method_are_json(server: Server) -> None:
@@ -187,7 +186,7 @@ async def test_stored_publish_fails_503_and_retry_with_same_dedup_id_lands(serve
     """A failed stored publish is not acknowledged, and its deduplicationId stays usable."""
     client = await server.connect(OPEN)
     await client.subscribe("room")
-    server.hub.store = FlakyStore(server.hub.store, failures=1)  # type: ignore[assignment]
+    server.hub.store = FlakyStore(server.hub.store, failures=1)
     msg = {
         "channel": "room",
         "event": "e",
