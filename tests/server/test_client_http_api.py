@@ -374,3 +374,49 @@ async def test_websocket_store_directive_stores(sqlite_server: Server) -> None:
     live = [(await watcher.recv())["id"] for _ in range(30)]
     stored = [m["id"] for m in await list_all(server, watcher, "my-channel")]
     assert stored == live[1::2]
+
+
+async def test_subscribe_token_history_start_widens_window(sqlite_server: Server) -> None:
+    """historyStart added by a subscribe token applies to listMessages (layered directives)."""
+    server = sqlite_server
+    await server.publish({"channel": "vip", "event": "old", "store": -1})
+    client = await server.connect({"uid": "u", "channels": {"vip": {"subscribe": True}}})
+    from tests.conftest import make_token
+
+    token = make_token(
+        {"uid": "u", "channels": {"vip": {"subscribe": True, "historyStart": 0}}}, scope="subscribe"
+    )
+    await client.subscribe("vip", token)
+    assert [m["event"] for m in await list_all(server, client, "vip")] == ["old"]
+
+
+async def test_secrets_never_logged(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Tokens, connection secrets and API keys never reach the logs, even at debug level."""
+    import logging
+
+    from tests.conftest import API_KEY, make_token
+
+    caplog.set_level(logging.DEBUG)
+    server = await start_server(store=f"sqlite:///{tmp_path}/log.db")
+    token = make_token(CHAT)
+    client = await server.connect(token=token)
+    await client.subscribe("my-channel")
+    await server.call(client, "listMessages", {"channel": "my-channel"}, status=200)
+    await server.call(client, "publishMessage", {"channel": "my-channel", "event": "chat"})
+    async with server.http.post(
+        f"{server.base}/connection/listMessages",
+        params={"connectionId": client.id, "connectionSecret": "wrong-secret-value"},
+        data=b"{}",
+    ) as resp:
+        assert resp.status == 401
+    await server.publish({"channel": "my-channel", "event": "x"})
+    await client.close()
+    await asyncio.sleep(50 * MS)
+    # the test's own WebSocket client library logs its request line: only the server's count
+    server_records = [r for r in caplog.records if not r.name.startswith("websockets")]
+    assert server_records  # debug logging really was on
+    text = "\n".join(r.getMessage() + str(r.exc_info or "") for r in server_records)
+    for secret in (token, client.secret, API_KEY, "wrong-secret-value"):
+        assert secret not in text

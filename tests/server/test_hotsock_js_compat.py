@@ -263,7 +263,11 @@ class JsClient:
 
 
 async def open_js(
-    server: Server, claims: dict[str, Any] | None = None, *, token: str | None = None, path: str = ""
+    server: Server,
+    claims: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    path: str = "",
 ) -> JsClient:
     """Open a socket like the client does (``<url>?token=<jwt>``, deflate offered, an Origin),
     without reading anything yet."""

@@ -147,6 +147,7 @@ class Hub:
         self.broker = broker
         self.events = events
         self._emitting = events is not None and events.enabled  # skip building unused events
+        self.debug = log.isEnabledFor(logging.DEBUG)  # read once: debug logs stay off hot paths
         self.gate = TokenGate(
             keys=[
                 SigningKey.from_setting(k.method, k.value.value, k.kid)
@@ -251,6 +252,8 @@ class Hub:
             )
         )
         self._arm_timers(conn)
+        if self.debug:
+            log.debug("= connected %s uid=%r from %s", conn.id, conn.uid, source_ip)
         if self._emitting:
             self._emit_connection("hotsock.connected", conn, None)
         return conn
@@ -275,6 +278,8 @@ class Hub:
         for sub in list(conn.subscriptions.values()):
             self._remove_subscription(conn, sub)
         del self.connections[conn.id]
+        if self.debug:
+            log.debug("x disconnected %s", conn.id)
         if self._emitting:
             self._emit_connection("hotsock.disconnected", conn, time.time())
 
@@ -288,6 +293,8 @@ class Hub:
         expected = conn.secret.encode() if conn is not None else b"\0" * 20
         given = (secret or "").encode("utf-8", "surrogatepass")
         if conn is None or conn.closed or not hmac.compare_digest(expected, given):
+            if self.debug:
+                log.debug("! Client HTTP API call refused for connection %r", connection_id)
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown connection or wrong secret")
         return conn
 
@@ -308,6 +315,8 @@ class Hub:
                 conn.last_heartbeat = conn.last_activity
             # hotsock.pong needs no answer (spec §4.6)
         except ProtocolError as exc:
+            if self.debug:
+                log.debug("! %s refused: %s (channel %r)", conn.id, exc, exc.channel)
             conn.send(Frame(protocol.error_frame(exc.code, exc.message, exc.channel)))
         except Exception:
             log.exception("! unexpected failure handling a frame of %s", conn.id)
@@ -416,6 +425,8 @@ class Hub:
                 )
             )
         )
+        if self.debug:
+            log.debug("= %s subscribed to %s", conn.id, channel)
         if self._emitting:
             self._emit_subscription("hotsock.subscribed", conn, sub)
         if presence is not None and change is not Change.NONE and uid:

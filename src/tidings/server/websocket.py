@@ -93,6 +93,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         claims = await hub.authenticate(request.query.get("token"))
     except TokenError as exc:
+        if hub.debug:
+            log.debug("! handshake from %s refused: %s", request.remote, exc)
         return error_response(ErrorCode.INVALID_CONNECT_TOKEN, str(exc))
     await ws.prepare(request)
     conn = hub.open_connection(
