@@ -488,13 +488,13 @@ async def test_presence_subscribe_needs_uid(server: Server) -> None:
 async def test_disconnect_removes_subscriptions(server: Server) -> None:
     client = await server.connect(OPEN)
     await client.subscribe("room")
-    assert server.hub.subscriptions_count("room") == 1
+    assert await server.hub.subscriptions_count("room") == 1
     await client.close()
     for _ in range(100):
         if not server.hub.connections:
             break
         await asyncio.sleep(10 * MS)
-    assert server.hub.subscriptions_count("room") == 0
+    assert await server.hub.subscriptions_count("room") == 0
 
 
 async def test_graceful_stop_closes_1001(start_server: StartServer) -> None:

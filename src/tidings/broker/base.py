@@ -1,6 +1,9 @@
-"""The ``Broker`` interface: moves channel messages between nodes and holds cluster-wide
-"first use wins" claims (spec §20). The hub does the local fan-out; a broker never touches
-connections.
+"""The ``Broker`` interface: moves channel messages between nodes and holds the state the nodes
+share: "first use wins" claims, presence members and subscription counts (spec §6.4, §7, §20).
+The hub does the local fan-out; a broker never touches connections.
+
+One backend object covers both roles because both live in the same place (one process, or one
+Redis): splitting them would only add a second URL and a second connection pool.
 """
 
 from __future__ import annotations
@@ -8,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Broker", "Delivery", "DeliverFn", "Minter"]
+from tidings.core.presence import Change
+
+__all__ = ["Broker", "DeliverFn", "Delivery", "Minter", "PresenceUpdate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +24,15 @@ class Delivery:
 
     payload: bytes  # the complete JSON text of the frame subscribers receive
     exclude: str | None = None  # connection ID that must not receive it (sender without echo)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceUpdate:
+    """What a presence join or leave changed (spec §7)."""
+
+    change: Change
+    member: dict[str, Any] | None  # the member added, updated or removed (None for NONE)
+    members: list[dict[str, Any]]  # the channel's members after the change, in join order
 
 
 DeliverFn = Callable[[str, Sequence[Delivery]], None]
@@ -66,6 +80,33 @@ class Broker(Protocol):
     async def release(self, key: str, value: str) -> None:
         """Drop the claim on ``key`` if it still holds ``value`` (the claimed work failed, so a
         retry must be able to claim it again). Idempotent."""
+        ...
+
+    async def presence_join(
+        self, channel: str, holder: str, uid: str, umd: Any, *, max_bytes: int
+    ) -> PresenceUpdate:
+        """Add subscription ``holder`` (a connection ID) of ``uid`` to a presence channel.
+
+        Raises:
+            ProtocolError: ``PRESENCE_CHANNEL_CAPACITY_REACHED`` when a new member or a changed
+                umd would push the members' serialized size over ``max_bytes``; nothing changed.
+        """
+        ...
+
+    async def presence_leave(self, channel: str, holder: str, uid: str) -> PresenceUpdate:
+        """Remove subscription ``holder``; REMOVED when it was the uid's last one. Idempotent."""
+        ...
+
+    async def presence_members(self, channel: str) -> list[dict[str, Any]]:
+        """The channel's members in join order (``[]`` when none)."""
+        ...
+
+    async def count_add(self, channel: str, delta: int) -> int:
+        """Change the channel's ``subscriptionsCount`` by ``delta``; return the new count."""
+        ...
+
+    async def count(self, channel: str) -> int:
+        """The channel's ``subscriptionsCount`` across all nodes."""
         ...
 
     async def aclose(self) -> None:

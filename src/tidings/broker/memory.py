@@ -7,20 +7,25 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from tidings.broker.base import Broker, DeliverFn, Delivery, Minter
+from typing import Any
+
+from tidings.broker.base import Broker, DeliverFn, Delivery, Minter, PresenceUpdate
 from tidings.core.ids import ChannelIdMinter
+from tidings.core.presence import Change, PresenceChannel
 
 __all__ = ["MemoryBroker"]
 
 
 class MemoryBroker:
-    """Delivers synchronously to the local hub; claims live in a dict with expiry."""
+    """Delivers synchronously to the local hub; claims, presence and counts live in dicts."""
 
     def __init__(self) -> None:
         self._deliver: DeliverFn | None = None
         self._claims: dict[str, tuple[str, float]] = {}  # key -> (value, expires at, monotonic)
         self._expiry: list[tuple[float, str]] = []  # heap to evict claims without full scans
         self._minter = ChannelIdMinter()
+        self._presence: dict[str, PresenceChannel] = {}
+        self._counts: dict[str, int] = {}
 
     async def start(self, deliver: DeliverFn) -> None:
         self._deliver = deliver
@@ -59,6 +64,40 @@ class MemoryBroker:
         held = self._claims.get(key)
         if held is not None and held[0] == value:
             del self._claims[key]
+
+    async def presence_join(
+        self, channel: str, holder: str, uid: str, umd: Any, *, max_bytes: int
+    ) -> PresenceUpdate:
+        presence = self._presence.get(channel) or PresenceChannel(channel, max_bytes=max_bytes)
+        presence.check_join(uid, umd)
+        self._presence[channel] = presence
+        change = presence.join(holder, uid, umd)
+        member = presence.member(uid) if change is not Change.NONE else None
+        return PresenceUpdate(change, member, presence.members())
+
+    async def presence_leave(self, channel: str, holder: str, uid: str) -> PresenceUpdate:
+        presence = self._presence.get(channel)
+        if presence is None:
+            return PresenceUpdate(Change.NONE, None, [])
+        change, member = presence.leave(holder, uid)
+        if not len(presence):
+            del self._presence[channel]
+        return PresenceUpdate(change, member, presence.members())
+
+    async def presence_members(self, channel: str) -> list[dict[str, Any]]:
+        presence = self._presence.get(channel)
+        return presence.members() if presence is not None else []
+
+    async def count_add(self, channel: str, delta: int) -> int:
+        count = self._counts.get(channel, 0) + delta
+        if count > 0:
+            self._counts[channel] = count
+        else:
+            self._counts.pop(channel, None)
+        return max(count, 0)
+
+    async def count(self, channel: str) -> int:
+        return self._counts.get(channel, 0)
 
     async def aclose(self) -> None:
         self._deliver = None

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from tidings.broker.base import Broker, Delivery, Minter
+from tidings.broker.base import Broker, Delivery, Minter, PresenceUpdate
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import (
@@ -42,7 +42,7 @@ from tidings.core.names import (
     validate_store,
 )
 from tidings.core.permissions import Permissions
-from tidings.core.presence import Change, PresenceChannel, member_event_frame
+from tidings.core.presence import Change, member_event_frame
 from tidings.core.tokens import Claims, Scope, SigningKey, TokenGate, check_binding
 from tidings.errors import (
     CloseCode,
@@ -161,8 +161,6 @@ class Hub:
         self.draining = False
         self.stats = {"connections_opened": 0, "messages_published": 0, "frames_delivered": 0}
         self._channels: dict[str, dict[str, Connection]] = {}  # channel -> conn ID -> conn
-        self._counts: dict[str, int] = {}  # channel -> subscriptionsCount (spec §6.4)
-        self._presence: dict[str, PresenceChannel] = {}  # presence channel -> members
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -182,7 +180,7 @@ class Hub:
         self.draining = True
         for conn in list(self.connections.values()):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
-            self.close_connection(conn)
+            await self.close_connection(conn)
         lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if lanes:
             await asyncio.wait(lanes, timeout=self.settings.timeouts.drain_seconds)
@@ -194,15 +192,15 @@ class Hub:
         await self.store.aclose()
         await self.broker.aclose()
 
-    def subscriptions_count(self, channel: str) -> int:
-        return self._counts.get(channel, 0)
+    async def subscriptions_count(self, channel: str) -> int:
+        """``subscriptionsCount`` of a channel across the cluster (spec §6.4)."""
+        return await self.broker.count(channel)
 
-    def members(self, channel: str) -> list[dict[str, Any]] | None:
+    async def members(self, channel: str) -> list[dict[str, Any]] | None:
         """Presence members (deduplicated by uid), or None for a standard channel."""
         if not is_presence(channel):
             return None
-        presence = self._presence.get(channel)
-        return presence.members() if presence is not None else []
+        return await self.broker.presence_members(channel)
 
     # Connections
 
@@ -270,14 +268,14 @@ class Hub:
                     Frame(protocol.error_frame(exc.code, exc.message, exc.channel or channel))
                 )
 
-    def close_connection(self, conn: Connection) -> None:
+    async def close_connection(self, conn: Connection) -> None:
         """Remove a closed connection and its subscriptions (spec §4.7). Idempotent."""
         if self.connections.get(conn.id) is not conn:
             return
         conn.close(CloseCode.NORMAL, "")
+        del self.connections[conn.id]  # its HTTP credentials die now
         for sub in list(conn.subscriptions.values()):
-            self._remove_subscription(conn, sub)
-        del self.connections[conn.id]
+            await self._remove_subscription(conn, sub)
         if self.debug:
             log.debug("x disconnected %s", conn.id)
         if self._emitting:
@@ -308,7 +306,7 @@ class Hub:
             elif isinstance(command, protocol.Subscribe):
                 await self.subscribe(conn, command.channel, command.token)
             elif isinstance(command, protocol.Unsubscribe):
-                self.unsubscribe(conn, command.channel)
+                await self.unsubscribe(conn, command.channel)
             elif isinstance(command, protocol.Ping):
                 conn.send(Frame(protocol.pong_frame()))
             elif isinstance(command, protocol.Heartbeat):
@@ -359,37 +357,31 @@ class Hub:
         if sub_claims is not None:
             uid = sub_claims.uid if sub_claims.has_uid else uid
             umd = sub_claims.umd if sub_claims.has_umd else umd
-        presence: PresenceChannel | None = None
-        if is_presence(channel):
-            if not uid:
-                raise ProtocolError(
-                    ErrorCode.PRESENCE_CHANNEL_USER_ID_REQUIRED,
-                    "presence channels require a uid",
-                    channel=sent,
-                )
-            presence = self._presence.get(channel) or PresenceChannel(
-                channel, max_bytes=self.settings.limits.presence_max_bytes
+        if is_presence(channel) and not uid:
+            raise ProtocolError(
+                ErrorCode.PRESENCE_CHANNEL_USER_ID_REQUIRED,
+                "presence channels require a uid",
+                channel=sent,
             )
-            try:
-                presence.check_join(uid, umd)
-            except ProtocolError as exc:
-                exc.channel = sent
-                raise
+        consumed = False
         if sub_claims is not None:
             try:
-                await self._consume_single_use(sub_claims, "subscribe token")
+                consumed = await self._consume_single_use(sub_claims, "subscribe token")
             except TokenError as exc:
                 raise ProtocolError(
                     ErrorCode.INVALID_SUBSCRIBE_TOKEN, str(exc), channel=sent
                 ) from exc
         if conn.closed or channel in conn.subscriptions:  # changed while awaiting the claim
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED, "already subscribed", channel=sent)
-        if presence is not None and uid:
-            # re-check: other joins may have happened while the claim was awaited
-            presence = self._presence.setdefault(channel, presence)
+        update = None
+        if is_presence(channel) and uid:
             try:
-                presence.check_join(uid, umd)
+                update = await self.broker.presence_join(
+                    channel, conn.id, uid, umd, max_bytes=self.settings.limits.presence_max_bytes
+                )
             except ProtocolError as exc:
+                if consumed and sub_claims is not None:  # a refused subscribe does not use it
+                    await self.broker.release(f"jti:{sub_claims.jti}", "used")
                 exc.channel = sent
                 raise
         alias = None
@@ -408,20 +400,19 @@ class Hub:
             auto=auto,
         )
         conn.subscriptions[channel] = sub
-        local = self._channels.setdefault(channel, {})
-        local[conn.id] = conn
-        if sub.counted:
-            self._counts[channel] = self._counts.get(channel, 0) + 1
-            self._emit_count(channel)
-        change = Change.NONE
-        members = None
-        if presence is not None and uid:
-            change = presence.join(conn.id, uid, umd)
-            members = presence.members()
+        self._channels.setdefault(channel, {})[conn.id] = conn
+        # every subscribe awaits the node's interest (idempotent, cheap once held), so the
+        # confirmation never goes out before messages of the channel can reach this node
+        await self.broker.subscribe(channel)
         conn.send(
             Frame(
                 protocol.subscribed_frame(
-                    channel, uid=uid, umd=umd, alias=alias, members=members, auto=auto
+                    channel,
+                    uid=uid,
+                    umd=umd,
+                    alias=alias,
+                    members=update.members if update is not None else None,
+                    auto=auto,
                 )
             )
         )
@@ -429,13 +420,17 @@ class Hub:
             log.debug("= %s subscribed to %s", conn.id, channel)
         if self._emitting:
             self._emit_subscription("hotsock.subscribed", conn, sub)
-        if presence is not None and change is not Change.NONE and uid:
-            self._member_event(presence, change, {"uid": uid, "umd": umd}, skip=conn.id)
-        if len(local) == 1:
-            await self.broker.subscribe(channel)
+        if sub.counted:
+            self._emit_count(channel, await self.broker.count_add(channel, 1))
+        if update is not None:
+            await self._member_event(channel, update, skip=conn.id)
+        if conn.closed and self.connections.get(conn.id) is not conn:
+            # the connection ended while we awaited: undo what its cleanup could not see
+            if conn.subscriptions.get(channel) is sub:
+                await self._remove_subscription(conn, sub)
         return sub
 
-    def unsubscribe(self, conn: Connection, sent: str) -> None:
+    async def unsubscribe(self, conn: Connection, sent: str) -> None:
         """Spec §6.2."""
         channel = sent if sent in conn.subscriptions else None
         if channel is None:
@@ -446,56 +441,51 @@ class Hub:
         if channel is None:
             raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, "not subscribed", channel=sent)
         sub = conn.subscriptions[channel]
-        self._remove_subscription(conn, sub)
         conn.send(
             Frame(protocol.unsubscribed_frame(channel, uid=sub.uid, umd=sub.umd, alias=sub.alias))
         )
+        await self._remove_subscription(conn, sub)
 
-    def _remove_subscription(self, conn: Connection, sub: Subscription) -> None:
+    async def _remove_subscription(self, conn: Connection, sub: Subscription) -> None:
+        """Unsubscribe side effects (spec §6.2): local fan-out stops at once, then the shared
+        presence and count state is updated and announced."""
         del conn.subscriptions[sub.channel]
         local = self._channels.get(sub.channel)
         if local is not None:
             local.pop(conn.id, None)
             if not local:
                 del self._channels[sub.channel]
-                self._spawn(self.broker.unsubscribe(sub.channel))
+                self._spawn(self._drop_interest(sub.channel))
         if self._emitting:
             self._emit_subscription("hotsock.unsubscribed", conn, sub)
-        presence = self._presence.get(sub.channel)
-        if presence is not None and sub.uid:
-            change, member = presence.leave(conn.id, sub.uid)
-            if change is Change.REMOVED and member is not None:
-                self._member_event(presence, change, member, skip=conn.id)
-            if not len(presence):
-                del self._presence[sub.channel]
-        if sub.counted:
-            left = self._counts.get(sub.channel, 1) - 1
-            if left > 0:
-                self._counts[sub.channel] = left
-            else:
-                self._counts.pop(sub.channel, None)
-            self._emit_count(sub.channel)
+        try:
+            if is_presence(sub.channel) and sub.uid:
+                update = await self.broker.presence_leave(sub.channel, conn.id, sub.uid)
+                if update.change is Change.REMOVED:
+                    await self._member_event(sub.channel, update, skip=conn.id)
+            if sub.counted:
+                self._emit_count(sub.channel, await self.broker.count_add(sub.channel, -1))
+        except Exception:
+            log.exception("! shared state update failed removing %s from %s", conn.id, sub.channel)
 
-    def _member_event(
-        self, presence: PresenceChannel, change: Change, member: dict[str, Any], *, skip: str
-    ) -> None:
-        """Send a member event to every local subscriber of the channel but ``skip``."""
+    async def _drop_interest(self, channel: str) -> None:
+        if channel not in self._channels:  # nobody re-subscribed here in the meantime
+            await self.broker.unsubscribe(channel)
+
+    async def _member_event(self, channel: str, update: PresenceUpdate, *, skip: str) -> None:
+        """Announce a presence change to every subscriber of the channel on every node except
+        ``skip``, and as a backend event."""
+        if update.member is None or update.change is Change.NONE:
+            return
         if self._emitting:
             self._emit(
-                change.value,
+                update.change.value,
                 "channelMember",
-                {**member, "members": presence.members()},
-                {"channel": presence.channel},
+                {**update.member, "members": update.members},
+                {"channel": channel},
             )
-        local = self._channels.get(presence.channel)
-        if not local:
-            return
-        frame = Frame(
-            member_event_frame(change, presence.channel, member, presence.members_json()), skip
-        )
-        for other in local.values():
-            if other.id != skip:
-                other.send(frame)
+        frame = member_event_frame(update.change, channel, update.member, dumps(update.members))
+        await self.broker.publish(channel, [Delivery(frame, skip)])
 
     # Publishing
 
@@ -803,9 +793,8 @@ class Hub:
         data = {"channel": sub.channel, "connectionId": conn.id, "uid": sub.uid, "umd": sub.umd}
         self._emit(type_, "subscription", data, {"channel": sub.channel})
 
-    def _emit_count(self, channel: str) -> None:
+    def _emit_count(self, channel: str, count: int) -> None:
         if self._emitting:
-            count = self._counts.get(channel, 0)
             data = {"name": channel, "subscriptionsCount": count}
             self._emit("hotsock.channelUpdated", "channel", data, {"channel": channel})
 
@@ -832,12 +821,14 @@ class Hub:
 
     # Private methods
 
-    async def _consume_single_use(self, claims: Claims, what: str) -> None:
+    async def _consume_single_use(self, claims: Claims, what: str) -> bool:
+        """Claim a ``singleUse`` token's ``jti``; True when one was consumed."""
         if not claims.single_use or claims.jti is None:
-            return
+            return False
         ttl_ms = max(1, int((claims.exp - time.time()) * 1000))
         if await self.broker.claim_once(f"jti:{claims.jti}", "used", ttl_ms) is not None:
             raise TokenError(f"{what} was already used (singleUse)")
+        return True
 
     def _arm_timers(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()

@@ -184,8 +184,8 @@ _OPERATIONS = {"listMessages": _list_messages, "publishMessage": _publish_messag
 async def channel_info(request: web.Request) -> web.Response:
     hub = _check_api_key(request)
     name = request.match_info["name"]
-    body: dict[str, Any] = {"name": name, "subscriptionsCount": hub.subscriptions_count(name)}
-    members = hub.members(name)
+    body: dict[str, Any] = {"name": name, "subscriptionsCount": await hub.subscriptions_count(name)}
+    members = await hub.members(name)
     if members is not None:
         body["members"] = members
     return json_response(body)

@@ -120,5 +120,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             elif msg.type is WSMsgType.ERROR:
                 break
     finally:
-        hub.close_connection(conn)
+        # shielded: a server shutdown cancelling this handler must not skip the cleanup
+        await asyncio.shield(hub.close_connection(conn))
     return ws
