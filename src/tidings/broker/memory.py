@@ -6,7 +6,6 @@ import heapq
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-
 from typing import Any
 
 from tidings.broker.base import Broker, DeliverFn, Delivery, Minter, PresenceUpdate
