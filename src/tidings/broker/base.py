@@ -8,14 +8,22 @@ Redis): splitting them would only add a second URL and a second connection pool.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.core.presence import Change
 
-__all__ = ["Broker", "DeliverFn", "Delivery", "Minter", "PresenceUpdate"]
+__all__ = [
+    "Broker",
+    "DeliverFn",
+    "Delivery",
+    "Minter",
+    "PresenceUpdate",
+    "ReapedFn",
+    "ServeFn",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,13 @@ class PresenceUpdate:
 DeliverFn = Callable[[str, Sequence[Delivery]], None]
 """Called by the broker on every node with a channel and its messages, in channel order."""
 
+ServeFn = Callable[[bytes], Awaitable[bytes]]
+"""Answers a request another node forwarded for a connection this node holds."""
+
+ReapedFn = Callable[[str, "PresenceUpdate | None", "int | None"], Awaitable[None]]
+"""Told, per channel, what removing a dead node changed: (channel, presence update or None,
+new subscription count or None), so the hub can announce it."""
+
 Minter = Callable[[int], str]
 """Returns the channel's next message ID (a ULID) for a clock reading in Unix milliseconds."""
 
@@ -45,8 +60,11 @@ Minter = Callable[[int], str]
 class Broker(Protocol):
     """At-most-once delivery to every interested node, preserving per-channel order."""
 
-    async def start(self, deliver: DeliverFn) -> None:
-        """Begin delivering to ``deliver``. Call once, before any other method."""
+    async def start(
+        self, deliver: DeliverFn, *, serve: ServeFn | None = None, reaped: ReapedFn | None = None
+    ) -> None:
+        """Begin delivering to ``deliver``; answer forwarded requests with ``serve``; report
+        dead nodes' removed state to ``reaped``. Call once, before any other method."""
         ...
 
     async def subscribe(self, channel: str) -> None:
@@ -107,6 +125,19 @@ class Broker(Protocol):
 
     async def count(self, channel: str) -> int:
         """The channel's ``subscriptionsCount`` across all nodes."""
+        ...
+
+    async def register_connection(self, connection_id: str) -> None:
+        """Record that this node holds ``connection_id`` (for requests reaching other nodes)."""
+        ...
+
+    async def forget_connection(self, connection_id: str) -> None:
+        """The connection is gone. Idempotent."""
+        ...
+
+    async def forward(self, connection_id: str, request: bytes) -> bytes | None:
+        """Have the node holding ``connection_id`` answer ``request`` (through its ``serve``).
+        None when no live node holds it; raises when the holder does not answer in time."""
         ...
 
     async def aclose(self) -> None:

@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from tidings.broker.base import Broker, DeliverFn, Delivery, Minter, PresenceUpdate
+from tidings.broker.base import (
+    Broker,
+    DeliverFn,
+    Delivery,
+    Minter,
+    PresenceUpdate,
+    ReapedFn,
+    ServeFn,
+)
 from tidings.core.ids import ChannelIdMinter
 from tidings.core.presence import Change, PresenceChannel
 
@@ -26,8 +34,10 @@ class MemoryBroker:
         self._presence: dict[str, PresenceChannel] = {}
         self._counts: dict[str, int] = {}
 
-    async def start(self, deliver: DeliverFn) -> None:
-        self._deliver = deliver
+    async def start(
+        self, deliver: DeliverFn, *, serve: ServeFn | None = None, reaped: ReapedFn | None = None
+    ) -> None:
+        self._deliver = deliver  # one node: nothing is ever forwarded here, and nothing dies
 
     async def subscribe(self, channel: str) -> None:
         return None
@@ -97,6 +107,15 @@ class MemoryBroker:
 
     async def count(self, channel: str) -> int:
         return self._counts.get(channel, 0)
+
+    async def register_connection(self, connection_id: str) -> None:
+        return None
+
+    async def forget_connection(self, connection_id: str) -> None:
+        return None
+
+    async def forward(self, connection_id: str, request: bytes) -> bytes | None:
+        return None  # the hub checked its own connections first; there is no other node
 
     async def aclose(self) -> None:
         self._deliver = None

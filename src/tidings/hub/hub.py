@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from tidings.broker.base import Broker, Delivery, Minter, PresenceUpdate
+from tidings.broker.base import Broker, Delivery, Minter, PresenceUpdate, ServeFn
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import (
@@ -167,11 +167,12 @@ class Hub:
 
     # Lifecycle
 
-    async def start(self) -> None:
+    async def start(self, *, serve: ServeFn | None = None) -> None:
+        """Open the backends; ``serve`` answers Client HTTP API calls other nodes forward."""
         await self.store.open()
         if self.events is not None:
             await self.events.start()
-        await self.broker.start(self.deliver)
+        await self.broker.start(self.deliver, serve=serve, reaped=self._on_reaped)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def drain(self) -> None:
@@ -257,7 +258,9 @@ class Hub:
         return conn
 
     async def start_connection(self, conn: Connection) -> None:
-        """Subscribe the connect token's ``autoSubscribe`` channels in token order (spec §6.5)."""
+        """Register the connection cluster-wide, then subscribe the connect token's
+        ``autoSubscribe`` channels in token order (spec §6.5)."""
+        await self.broker.register_connection(conn.id)
         for channel in conn.claims.grants.auto_subscribe():
             if conn.closed:
                 return
@@ -276,6 +279,10 @@ class Hub:
         del self.connections[conn.id]  # its HTTP credentials die now
         for sub in list(conn.subscriptions.values()):
             await self._remove_subscription(conn, sub)
+        try:
+            await self.broker.forget_connection(conn.id)
+        except Exception:
+            log.warning("! could not unregister connection %s", conn.id)
         if self.debug:
             log.debug("x disconnected %s", conn.id)
         if self._emitting:
@@ -467,6 +474,15 @@ class Hub:
                 self._emit_count(sub.channel, await self.broker.count_add(sub.channel, -1))
         except Exception:
             log.exception("! shared state update failed removing %s from %s", conn.id, sub.channel)
+
+    async def _on_reaped(
+        self, channel: str, update: PresenceUpdate | None, count: int | None
+    ) -> None:
+        """Announce what removing a dead node changed (its connections are gone)."""
+        if update is not None:
+            await self._member_event(channel, update, skip="")
+        if count is not None:
+            self._emit_count(channel, count)
 
     async def _drop_interest(self, channel: str) -> None:
         if channel not in self._channels:  # nobody re-subscribed here in the meantime

@@ -9,8 +9,15 @@ from typing import Any
 from aiohttp import web
 
 from tidings.errors import ErrorCode, ProtocolError, StoreUnavailable
-from tidings.hub.hub import Hub, PublishResult
-from tidings.server.http import HUB, error_response, json_response, read_json
+from tidings.hub.hub import Hub
+from tidings.server.client_api import (
+    OPERATIONS,
+    decode_forwarded,
+    encode_forwarded,
+    result_body,
+    run_operation,
+)
+from tidings.server.http import HUB, error_response, json_response, read_body, read_json
 
 __all__ = ["routes"]
 
@@ -34,13 +41,6 @@ def _check_api_key(request: web.Request) -> Hub:
     return hub
 
 
-def _result_body(result: PublishResult, eager: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"channel": result.channel, "event": result.event}
-    if eager:
-        body["id"] = result.id
-    return body
-
-
 # Server publish
 
 
@@ -52,7 +52,7 @@ async def publish(request: web.Request) -> web.Response:
         return await _publish_many(hub, body)
     pub = hub.prepare_server_publication(body)
     result = await hub.enqueue(pub)
-    return json_response(_result_body(result, body.get("eagerIdGeneration") is True), status=202)
+    return json_response(result_body(result, body.get("eagerIdGeneration") is True), status=202)
 
 
 async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
@@ -81,7 +81,7 @@ async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
             )
             results.append({"error": {"code": code.value, "message": "not published"}})
         else:
-            results.append(_result_body(outcome, item.get("eagerIdGeneration") is True))
+            results.append(result_body(outcome, item.get("eagerIdGeneration") is True))
     if failure is None:
         return json_response(results, status=202)
     code = (
@@ -141,40 +141,24 @@ async def _connection_operation(request: web.Request) -> web.Response:
             "the Client HTTP API takes POST only",
             headers={"Allow": "POST, OPTIONS"},
         )
-    operation = request.match_info["operation"]
-    handler = _OPERATIONS.get(operation)
-    if handler is None:
-        raise ProtocolError(ErrorCode.NOT_FOUND, f"unknown operation {operation!r}")
     hub = request.app[HUB]
-    conn = hub.authorize_http(
-        request.query.get("connectionId"), request.query.get("connectionSecret")
-    )
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be a JSON object")
-    return await handler(hub, conn, body)
-
-
-async def _list_messages(hub: Hub, conn: Any, body: dict[str, Any]) -> web.Response:
-    return json_response(await hub.list_messages(conn, body))
-
-
-async def _publish_message(hub: Hub, conn: Any, body: dict[str, Any]) -> web.Response:
-    eager = body.get("eagerIdGeneration", False)
-    if not isinstance(eager, bool):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "eagerIdGeneration must be a boolean")
-    if body.get("scheduleExpression") is not None:
-        raise ProtocolError(
-            ErrorCode.INVALID_SCHEDULE, "scheduled publishing is not supported by this server yet"
+    operation = request.match_info["operation"]
+    if operation not in OPERATIONS:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"unknown operation {operation!r}")
+    connection_id = request.query.get("connectionId", "")
+    secret = request.query.get("connectionSecret", "")
+    body = await read_body(request)
+    if connection_id in hub.connections:
+        status, answer = await run_operation(hub, operation, connection_id, secret, body)
+    else:
+        # held by another node, or by none: the broker knows (spec: any node answers)
+        forwarded = await hub.broker.forward(
+            connection_id, encode_forwarded(operation, connection_id, secret, body)
         )
-    future = hub.publish_client(
-        conn, body.get("channel"), body.get("event"), body.get("data"), trigger="client.http"
-    )
-    result = await future
-    return json_response(_result_body(result, eager), status=202)
-
-
-_OPERATIONS = {"listMessages": _list_messages, "publishMessage": _publish_message}
+        if forwarded is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown connection or wrong secret")
+        status, answer = decode_forwarded(forwarded)
+    return json_response(answer, status=status)
 
 
 # Admin channels API (spec §16)

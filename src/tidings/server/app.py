@@ -15,6 +15,7 @@ from tidings.config import Settings
 from tidings.events import WebhookEndpoint, build_event_bus
 from tidings.hub.hub import Hub
 from tidings.server.api import READY, routes
+from tidings.server.client_api import serve_forwarded
 from tidings.server.http import HUB, error_middleware
 from tidings.server.websocket import websocket_handler
 from tidings.store import open_store
@@ -88,7 +89,7 @@ class Node:
         self.port: int | None = None
 
     async def start(self) -> None:
-        await self.hub.start()
+        await self.hub.start(serve=lambda request: serve_forwarded(self.hub, request))
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, self.settings.server.host, self.settings.server.port, backlog=4096

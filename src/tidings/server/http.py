@@ -17,6 +17,7 @@ __all__ = [
     "error_middleware",
     "error_response",
     "json_response",
+    "read_body",
     "read_json",
 ]
 
@@ -46,15 +47,20 @@ def error_response(
     )
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body parsed as JSON regardless of ``Content-Type`` (spec §10.1), capped at
-    the configured size."""
+async def read_body(request: web.Request) -> bytes:
+    """The raw request body, capped at the configured size (413 beyond)."""
     limit = request.app[HUB].settings.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {limit} bytes")
     body = await request.content.read(limit + 1)
     if len(body) > limit:
         raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {limit} bytes")
+    return body
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body parsed as JSON regardless of ``Content-Type`` (spec §10.1)."""
+    body = await read_body(request)
     if not body.strip():
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be JSON")
     return loads(body)
