@@ -6,8 +6,9 @@ Tree::
     ├── ConfigError (also ValueError)      invalid settings; stops start-up
     ├── TokenError                         a JWT was refused (reason in .message)
     ├── ProtocolError                      a request broke a protocol rule; carries an ErrorCode
-    └── StoreError                         the storage backend failed
-        └── StoreUnavailable               the backend cannot be reached right now (HTTP 503)
+    ├── StoreError                         the storage backend failed
+    │   └── StoreUnavailable               the backend cannot be reached right now (HTTP 503)
+    └── BrokerUnavailable                  the broker (Redis) cannot be reached (HTTP 503)
 
 ``ProtocolError`` is what every adapter turns into the wire: a ``hotsock.error`` frame on the
 WebSocket, or an HTTP status with ``{"error": {"code", "message"}}`` (spec §18).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "BrokerUnavailable",
     "CloseCode",
     "ConfigError",
     "ErrorCode",
@@ -141,3 +143,7 @@ class StoreError(TidingsError):
 
 class StoreUnavailable(StoreError):
     """The storage backend cannot be reached; callers answer 503 and must not acknowledge."""
+
+
+class BrokerUnavailable(TidingsError):
+    """The broker cannot be reached, or another node did not answer in time (HTTP 503)."""

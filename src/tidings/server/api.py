@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tidings.errors import ErrorCode, ProtocolError, StoreUnavailable
+from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError, StoreUnavailable
 from tidings.hub.hub import Hub
 from tidings.server.client_api import (
     OPERATIONS,
@@ -126,7 +126,7 @@ async def connection_api(request: web.Request) -> web.Response:
         response = await _connection_operation(request)
     except ProtocolError as exc:
         response = error_response(exc.code, exc.message)
-    except StoreUnavailable:
+    except (StoreUnavailable, BrokerUnavailable):
         response = error_response(
             ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later"
         )

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from tidings.core.json import dumps, loads
-from tidings.errors import ErrorCode, ProtocolError, StoreUnavailable
+from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError, StoreUnavailable
 from tidings.hub.hub import Hub
 
 __all__ = [
@@ -78,6 +78,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.code, exc.message)
     except StoreUnavailable:
         return error_response(ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later")
+    except BrokerUnavailable as exc:
+        return error_response(ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later")
     except web.HTTPException as exc:
         if exc.status == 404:
             return error_response(ErrorCode.NOT_FOUND, "no such route", status=404)
