@@ -509,3 +509,14 @@ async def test_graceful_stop_closes_1001(start_server: StartServer) -> None:
 
 async def _noop() -> None:
     return None
+
+
+async def test_outbound_messages_count_as_activity(start_server: StartServer) -> None:
+    """A client that only listens stays connected while messages keep flowing to it."""
+    server = await start_server(idle_timeout_seconds=0.4)
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    for i in range(8):
+        await asyncio.sleep(0.15)
+        await server.publish({"channel": "room", "event": "tick", "data": i})
+        assert (await client.recv())["data"] == i

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,35 @@ class Connection:
     Frames are written straight to the transport while it keeps up; once the transport pauses,
     they wait in a bounded backlog drained by one short-lived task. A backlog over its bound
     closes the connection with 1013 (slow consumer) without waiting for the peer.
+
+    ``__slots__`` and the lazily created backlog keep an idle connection small: thousands of them
+    sit on one node.
     """
+
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_flusher",
+        "_max_bytes",
+        "_max_frames",
+        "_outlet",
+        "claims",
+        "closed",
+        "connected_ms",
+        "expires_ms",
+        "id",
+        "last_activity",
+        "last_heartbeat",
+        "next_keepalive",
+        "permissions",
+        "secret",
+        "source_ip",
+        "subscriptions",
+        "timer",
+        "uid",
+        "umd",
+        "user_agent",
+    )
 
     def __init__(
         self,
@@ -65,11 +94,12 @@ class Connection:
         self.user_agent = user_agent
         self.subscriptions: dict[str, Subscription] = {}  # real channel -> subscription
         self.closed = False
-        self.last_activity = 0.0  # loop time of the latest data frame either way
-        self.last_heartbeat = 0.0  # loop time of connect or the latest hotsock.heartbeat
-        self.timers: list[asyncio.TimerHandle] = []  # cancelled on close
+        self.last_activity = 0.0  # monotonic time of the latest data frame either way
+        self.last_heartbeat = 0.0  # monotonic time of connect or the latest hotsock.heartbeat
+        self.next_keepalive = float("inf")  # monotonic time of the next hotsock.keepAlive
+        self.timer: asyncio.TimerHandle | None = None  # the hub's watchdog; cancelled on close
         self._outlet = outlet
-        self._backlog: deque[Frame] = deque()
+        self._backlog: deque[Frame] | None = None  # created when the transport first pauses
         self._backlog_bytes = 0
         self._max_frames = max_frames
         self._max_bytes = max_bytes
@@ -79,15 +109,19 @@ class Connection:
 
     def send(self, frame: Frame) -> None:
         """Queue one frame; never blocks."""
+        self.last_activity = time.monotonic()
         self.send_many((frame,))
 
     def send_many(self, frames: Sequence[Frame]) -> None:
-        """Queue frames in order; never blocks. Over the bound, the connection is closed 1013."""
+        """Queue frames in order; never blocks. Over the bound, the connection is closed 1013.
+        The caller keeps ``last_activity`` current (fan-out reads the clock once per batch)."""
         if self.closed or not frames:
             return
         if not self._backlog and self._outlet.writable():
             self._outlet.write(frames)
             return
+        if self._backlog is None:
+            self._backlog = deque()
         self._backlog.extend(frames)
         self._backlog_bytes += sum(len(f) for f in frames)
         if len(self._backlog) > self._max_frames or self._backlog_bytes > self._max_bytes:
@@ -101,9 +135,9 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self._backlog.clear()
-        for timer in self.timers:
-            timer.cancel()
+        self._backlog = None
+        if self.timer is not None:
+            self.timer.cancel()
         if self._flusher is not None:
             self._flusher.cancel()
         self._outlet.close(code, reason)
@@ -128,7 +162,7 @@ class Connection:
         try:
             while self._backlog and not self.closed:
                 await self._outlet.wait_writable()
-                if self.closed:
+                if self.closed or not self._backlog:
                     return
                 frames = list(self._backlog)
                 self._backlog.clear()

@@ -305,7 +305,7 @@ class Hub:
 
     async def handle_frame(self, conn: Connection, text: str | bytes) -> None:
         """Process one client frame; failures are answered with ``hotsock.error``."""
-        conn.last_activity = asyncio.get_running_loop().time()
+        conn.last_activity = time.monotonic()
         try:
             command = protocol.parse_client_frame(text)
             if isinstance(command, protocol.ClientMessage):
@@ -720,11 +720,14 @@ class Hub:
             return
         frames = [Frame(d.payload, d.exclude) for d in deliveries]
         excluded = {f.exclude for f in frames if f.exclude is not None}
+        now = time.monotonic()  # outbound frames count as activity for the idle timeout
         if not excluded:
             for conn in local.values():
+                conn.last_activity = now
                 conn.send_many(frames)
         else:
             for conn in list(local.values()):
+                conn.last_activity = now
                 if conn.id in excluded:
                     conn.send_many([f for f in frames if f.exclude != conn.id])
                 else:
@@ -847,41 +850,39 @@ class Hub:
         return True
 
     def _arm_timers(self, conn: Connection) -> None:
-        loop = asyncio.get_running_loop()
+        """Start the connection's watchdog: one timer per connection that enforces the lifetime
+        cap, the idle timeout and ``heartbeatTimeout``, and sends ``hotsock.keepAlive``. It is
+        re-armed for the nearest deadline, so activity costs only an attribute write."""
         t = self.settings.timeouts
-        conn.last_activity = conn.last_heartbeat = loop.time()
-        conn.timers.append(
-            loop.call_later(
-                t.max_connection_seconds, conn.close, CloseCode.GOING_AWAY, "connection expired"
-            )
-        )
-        if t.idle_timeout_seconds > 0:
-            self._watch(conn, "last_activity", t.idle_timeout_seconds, "idle timeout")
-        if conn.claims.heartbeat_timeout:
-            self._watch(conn, "last_heartbeat", conn.claims.heartbeat_timeout, "heartbeat timeout")
+        start = time.monotonic()
+        conn.last_activity = conn.last_heartbeat = start
         if conn.claims.keep_alive:
+            conn.next_keepalive = start + t.keepalive_seconds
+        self._watchdog(conn, start + t.max_connection_seconds)
 
-            def keepalive() -> None:
-                conn.send(Frame(protocol.keepalive_frame()))
-                conn.timers.append(loop.call_later(t.keepalive_seconds, keepalive))
-
-            conn.timers.append(loop.call_later(t.keepalive_seconds, keepalive))
-
-    def _watch(self, conn: Connection, attr: str, limit: float, reason: str) -> None:
-        """Close ``conn`` once ``limit`` seconds pass without ``attr`` moving; one timer, re-armed
-        lazily, so activity costs nothing but an attribute write."""
-        loop = asyncio.get_running_loop()
-
-        def check() -> None:
-            if conn.closed:
-                return
-            left = getattr(conn, attr) + limit - loop.time()
-            if left <= 0:
-                conn.close(CloseCode.GOING_AWAY, reason)
-            else:
-                conn.timers.append(loop.call_later(left, check))
-
-        conn.timers.append(loop.call_later(limit, check))
+    def _watchdog(self, conn: Connection, expires: float) -> None:
+        if conn.closed:
+            return
+        t = self.settings.timeouts
+        now = time.monotonic()
+        if now >= conn.next_keepalive:
+            conn.send(Frame(protocol.keepalive_frame()))
+            conn.next_keepalive = now + t.keepalive_seconds
+        deadlines = [(expires, "connection expired")]
+        if t.idle_timeout_seconds > 0:
+            deadlines.append((conn.last_activity + t.idle_timeout_seconds, "idle timeout"))
+        if conn.claims.heartbeat_timeout:
+            deadlines.append(
+                (conn.last_heartbeat + conn.claims.heartbeat_timeout, "heartbeat timeout")
+            )
+        due, reason = min(deadlines)
+        if now >= due:
+            conn.close(CloseCode.GOING_AWAY, reason)
+            return
+        wake = min(due, conn.next_keepalive)
+        conn.timer = asyncio.get_running_loop().call_later(
+            wake - now, self._watchdog, conn, expires
+        )
 
     async def _sweep_forever(self) -> None:
         interval = self.settings.timeouts.sweep_interval_seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from aiohttp import WSMsgType, web
@@ -109,7 +110,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if msg.type is WSMsgType.TEXT:
                 await hub.handle_frame(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                conn.last_activity = asyncio.get_running_loop().time()
+                conn.last_activity = time.monotonic()
                 conn.send(
                     Frame(
                         protocol.error_frame(
