@@ -28,6 +28,7 @@ __all__ = [
     "StoreUnavailable",
     "TidingsError",
     "TokenError",
+    "UNAVAILABLE",
 ]
 
 
@@ -147,3 +148,7 @@ class StoreUnavailable(StoreError):
 
 class BrokerUnavailable(TidingsError):
     """The broker cannot be reached, or another node did not answer in time (HTTP 503)."""
+
+
+UNAVAILABLE = (StoreUnavailable, BrokerUnavailable)
+"""Backend outages: answered with 503 ``SERVICE_UNAVAILABLE``, logged without a traceback."""

@@ -164,6 +164,7 @@ class RedisClusterState:
         self._leave = redis.register_script(_LEAVE)
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[str] = set()  # connection IDs this node registered
+        self._counts: dict[str, int] = {}  # this node's counted subscriptions, rewritten on beats
         self._serve = serve
         self._forward_timeout = forward_timeout  # spec §10.1: answers within 5 s
         self._serving: set[asyncio.Task[None]] = set()
@@ -227,6 +228,11 @@ class RedisClusterState:
     # Counts
 
     async def count_add(self, channel: str, delta: int) -> int:
+        mine = self._counts.get(channel, 0) + delta
+        if mine > 0:
+            self._counts[channel] = mine
+        else:
+            self._counts.pop(channel, None)
         await self._redis.hincrby(self._k(f"n:{self.node_id}:c"), channel, delta)
         return await self.count(channel)
 
@@ -293,25 +299,36 @@ class RedisClusterState:
         return PresenceUpdate(kind, member, orjson.loads(members))
 
     async def _beat(self) -> None:
+        """Refresh liveness, and rewrite what this node owns, so that a Redis that restarted
+        empty learns its connections and counts again within one heartbeat."""
         now = int(time.time() * 1000)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        lease = int(self._timeout * 1000)
+        counts = self._k(f"n:{self.node_id}:c")
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._k("nodes"), {self.node_id: now})
-            for connection_id in self._connections:  # location leases follow the node's
-                pipe.pexpire(self._k(f"conn:{connection_id}"), int(self._timeout * 1000))
+            for connection_id in self._connections:
+                pipe.set(self._k(f"conn:{connection_id}"), self.node_id, px=lease)
+            pipe.delete(counts)
+            if self._counts:
+                pipe.hset(counts, mapping=self._counts)
             await pipe.execute()
 
     async def _answer_forwarded(self) -> None:
         """Take requests other nodes forwarded to this node and answer each in its own task."""
         queue = self._k(f"rpc:{self.node_id}")
+        failing = False
         while True:
             try:
                 item = await self._redis.blpop([queue], timeout=1)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning("! reading forwarded requests failed; retrying")
+                if not failing:  # once per outage, not every retry
+                    log.warning("! reading forwarded requests failed; retrying until Redis is back")
+                failing = True
                 await asyncio.sleep(0.5)
                 continue
+            failing = False
             if item is None:
                 continue
             request_id, _, request = bytes(item[1]).partition(b"\n")

@@ -45,11 +45,11 @@ from tidings.core.permissions import Permissions
 from tidings.core.presence import Change, member_event_frame
 from tidings.core.tokens import Claims, Scope, SigningKey, TokenGate, check_binding
 from tidings.errors import (
+    UNAVAILABLE,
     CloseCode,
     ErrorCode,
     ProtocolError,
     StoreError,
-    StoreUnavailable,
     TokenError,
 )
 from tidings.events.bus import EventBus
@@ -306,6 +306,7 @@ class Hub:
     async def handle_frame(self, conn: Connection, text: str | bytes) -> None:
         """Process one client frame; failures are answered with ``hotsock.error``."""
         conn.last_activity = time.monotonic()
+        command: protocol.Command | None = None
         try:
             command = protocol.parse_client_frame(text)
             if isinstance(command, protocol.ClientMessage):
@@ -323,6 +324,17 @@ class Hub:
             if self.debug:
                 log.debug("! %s refused: %s (channel %r)", conn.id, exc, exc.channel)
             conn.send(Frame(protocol.error_frame(exc.code, exc.message, exc.channel)))
+        except UNAVAILABLE as exc:
+            sent = (
+                command.channel
+                if isinstance(command, (protocol.Subscribe, protocol.Unsubscribe))
+                else None
+            )
+            conn.send(
+                Frame(
+                    protocol.error_frame(ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later", sent)
+                )
+            )
         except Exception:
             log.exception("! unexpected failure handling a frame of %s", conn.id)
             conn.send(Frame(protocol.error_frame(ErrorCode.INTERNAL_ERROR, "internal error")))
@@ -427,10 +439,13 @@ class Hub:
             log.debug("= %s subscribed to %s", conn.id, channel)
         if self._emitting:
             self._emit_subscription("hotsock.subscribed", conn, sub)
-        if sub.counted:
-            self._emit_count(channel, await self.broker.count_add(channel, 1))
-        if update is not None:
-            await self._member_event(channel, update, skip=conn.id)
+        try:
+            if sub.counted:
+                self._emit_count(channel, await self.broker.count_add(channel, 1))
+            if update is not None:
+                await self._member_event(channel, update, skip=conn.id)
+        except UNAVAILABLE as exc:  # the subscription stands; only the announcements are lost
+            log.warning("! announcing %s's subscription to %s failed: %s", conn.id, channel, exc)
         if conn.closed and self.connections.get(conn.id) is not conn:
             # the connection ended while we awaited: undo what its cleanup could not see
             if conn.subscriptions.get(channel) is sub:
@@ -628,7 +643,10 @@ class Hub:
             async with self.broker.ordering(channel) as mint:
                 await self._publish_batch(channel, batch, mint)
         except Exception as exc:  # the turn itself failed (broker unreachable)
-            log.exception("! publishing turn failed on %s", channel)
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! publishing on %s refused: %s", channel, exc)
+            else:
+                log.exception("! publishing turn failed on %s", channel)
             await self._fail_all([(p, f) for p, f in batch if not f.done()], exc)
 
     async def _publish_batch(
@@ -657,7 +675,9 @@ class Hub:
             try:
                 await self.store.append(records)
             except Exception as exc:
-                if not isinstance(exc, StoreError):
+                if isinstance(exc, UNAVAILABLE):
+                    log.warning("! storing on %s failed: %s", channel, exc)
+                elif not isinstance(exc, StoreError):
                     log.exception("! store append failed on %s", channel)
                 failed = [(p, f) for p, f in live if p.store_seconds != 0]
                 await self._fail_all(failed, exc)
@@ -676,7 +696,10 @@ class Hub:
         except Exception as exc:
             # a stored message is durable and listable, so it is acknowledged even though its
             # live delivery was lost; an unstored one existed only in flight, so it fails (503)
-            log.exception("! broker publish failed on %s; live delivery lost", channel)
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! live delivery on %s lost: %s", channel, exc)
+            else:
+                log.exception("! broker publish failed on %s; live delivery lost", channel)
             await self._fail_all([(p, f) for p, f in live if p.store_seconds == 0], exc)
             live = [(p, f) for p, f in live if p.store_seconds != 0]
         self.stats["messages_published"] += len(live)
@@ -706,7 +729,7 @@ class Hub:
         exc = future.exception()
         code = (
             ErrorCode.SERVICE_UNAVAILABLE
-            if isinstance(exc, StoreUnavailable)
+            if isinstance(exc, UNAVAILABLE)
             else ErrorCode.INTERNAL_ERROR
         )
         conn.send(Frame(protocol.error_frame(code, "message could not be published", channel)))

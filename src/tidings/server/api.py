@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError, StoreUnavailable
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError
 from tidings.hub.hub import Hub
 from tidings.server.client_api import (
     OPERATIONS,
@@ -76,7 +76,7 @@ async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
             failure = failure or outcome
             code = (
                 ErrorCode.SERVICE_UNAVAILABLE
-                if isinstance(outcome, StoreUnavailable)
+                if isinstance(outcome, UNAVAILABLE)
                 else ErrorCode.INTERNAL_ERROR
             )
             results.append({"error": {"code": code.value, "message": "not published"}})
@@ -86,7 +86,7 @@ async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
         return json_response(results, status=202)
     code = (
         ErrorCode.SERVICE_UNAVAILABLE
-        if isinstance(failure, StoreUnavailable)
+        if isinstance(failure, UNAVAILABLE)
         else ErrorCode.INTERNAL_ERROR
     )
     return json_response(
@@ -126,7 +126,7 @@ async def connection_api(request: web.Request) -> web.Response:
         response = await _connection_operation(request)
     except ProtocolError as exc:
         response = error_response(exc.code, exc.message)
-    except (StoreUnavailable, BrokerUnavailable):
+    except UNAVAILABLE:
         response = error_response(
             ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later"
         )

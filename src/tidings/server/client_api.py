@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidings.core.json import dumps, loads
-from tidings.errors import ErrorCode, ProtocolError, StoreUnavailable
+from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError, StoreUnavailable
 from tidings.hub.connection import Connection
 from tidings.hub.hub import Hub, PublishResult
 
@@ -70,6 +70,8 @@ async def run_operation(
         return _error(exc.code, exc.message)
     except StoreUnavailable:
         return _error(ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later")
+    except BrokerUnavailable as exc:
+        return _error(ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later")
 
 
 # Forwarding between nodes: "<operation>\n<connection ID>\n<secret>\n<body>" in, and
