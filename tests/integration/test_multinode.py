@@ -158,7 +158,9 @@ class Cluster:
         self.clients: list[Client] = []
         self._logs: list[IO[bytes]] = []
 
-    async def start(self, count: int, *, redis_url: str = REDIS_URL) -> list[TidingsNode]:
+    async def start(
+        self, count: int, *, redis_url: str = REDIS_URL, broker_options: str = ""
+    ) -> list[TidingsNode]:
         self.redis_urls.add(redis_url)
         separator = "&" if "?" in POSTGRES_URL else "?"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
@@ -166,7 +168,7 @@ class Cluster:
             TIDINGS_SIGNING_KEY1_METHOD="HS256",
             TIDINGS_SIGNING_KEY1=base64.b64encode(SECRET).decode(),
             TIDINGS_API_KEY1=API_KEY,
-            TIDINGS_BROKER=f"{redis_url}?prefix={self.redis_prefix}",
+            TIDINGS_BROKER=f"{redis_url}?prefix={self.redis_prefix}{broker_options}",
             TIDINGS_STORE=f"{POSTGRES_URL}{separator}table_prefix={self.table_prefix}",
             TIDINGS_LOG_LEVEL="info",
         )
@@ -526,3 +528,99 @@ async def test_multinode_redis_restart_mid_stream(cluster: Cluster, own_redis: R
         after = listed[-1]
     assert set(acked) <= set(listed)
     assert listed == ulid_order(listed)
+
+
+# Cluster-wide state
+
+
+PRESENCE = {"channels": {"presence.team": {"subscribe": True}}}
+
+
+async def channel_info(cluster: Cluster, node: TidingsNode, name: str) -> Any:
+    async with cluster.http.get(
+        f"{node.base}/channels/{name}", headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def next_event(client: Client, event: str, timeout: float = 10) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await client.recv(timeout)
+            if frame.get("event") == event:
+                return frame
+
+
+@pytest.mark.timeout(90)
+async def test_multinode_presence_and_counts_are_shared(cluster: Cluster) -> None:
+    """Presence joins on A are seen on B and C; counts and members agree on every node."""
+    a, b, c = await cluster.start(3)
+    jim = await cluster.connect(a, {**PRESENCE, "uid": "jim"})
+    await jim.subscribe("presence.team")
+    pam = await cluster.connect(b, {**PRESENCE, "uid": "pam"})
+    joined = await pam.subscribe("presence.team")
+    assert [m["uid"] for m in joined["data"]["members"]] == ["jim", "pam"]
+    added = await next_event(jim, "hotsock.memberAdded")
+    assert added["data"]["member"] == {"uid": "pam", "umd": None}
+    carl = await cluster.connect(c, {**PRESENCE, "uid": "carl"})
+    await carl.subscribe("presence.team")
+    for watcher in (jim, pam):
+        added = await next_event(watcher, "hotsock.memberAdded")
+        assert added["data"]["members"] == [
+            {"uid": "jim", "umd": None},
+            {"uid": "pam", "umd": None},
+            {"uid": "carl", "umd": None},
+        ]
+    for node in (a, b, c):
+        info = await channel_info(cluster, node, "presence.team")
+        assert info["subscriptionsCount"] == 3 and len(info["members"]) == 3
+    await pam.close()
+    for watcher in (jim, carl):
+        removed = await next_event(watcher, "hotsock.memberRemoved")
+        assert removed["data"]["member"]["uid"] == "pam"
+    assert (await channel_info(cluster, c, "presence.team"))["subscriptionsCount"] == 2
+
+
+@pytest.mark.timeout(90)
+async def test_multinode_list_messages_through_another_node(cluster: Cluster) -> None:
+    """Client HTTP API calls for a connection on A are answered by C, credentials checked."""
+    a, _, c = await cluster.start(3)
+    claims = {"channels": {"room": {"subscribe": True, "historyStart": 0}}}
+    client = await cluster.connect(a, claims)
+    await client.subscribe("room")
+    status, _ = await cluster.publish(a, {"channel": "room", "event": "kept", "store": 60})
+    assert status == 202
+    status, body = await cluster.call(c, client, "listMessages", {"channel": "room"})
+    assert status == 200 and [m["event"] for m in body["messages"]] == ["kept"]
+    status, body = await cluster.call(c, client, "listMessages", {"channel": "nope"})
+    assert status == 403 and body["error"]["code"] == "SUBSCRIPTION_REQUIRED"
+    async with cluster.http.post(
+        f"{c.base}/connection/listMessages",
+        params={"connectionId": client.id, "connectionSecret": "x" * 20},
+        data=b'{"channel":"room"}',
+    ) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "UNAUTHORIZED"
+
+
+@pytest.mark.timeout(90)
+async def test_multinode_killed_node_leaves_presence(cluster: Cluster) -> None:
+    """A node killed with SIGKILL is removed from presence and counts within the timeout."""
+    a, b = await cluster.start(2, broker_options="&node_timeout=2")
+    jim = await cluster.connect(a, {**PRESENCE, "uid": "jim"})
+    await jim.subscribe("presence.team")
+    pam = await cluster.connect(b, {**PRESENCE, "uid": "pam"})
+    await pam.subscribe("presence.team")
+    await next_event(jim, "hotsock.memberAdded")
+    assert (await channel_info(cluster, a, "presence.team"))["subscriptionsCount"] == 2
+    started = time.monotonic()
+    b.proc.kill()
+    removed = await next_event(jim, "hotsock.memberRemoved", timeout=10)
+    assert removed["data"] == {
+        "member": {"uid": "pam", "umd": None},
+        "members": [{"uid": "jim", "umd": None}],
+    }
+    assert time.monotonic() - started < 4  # timeout 2 s, checked every 0.4 s
+    info = await channel_info(cluster, a, "presence.team")
+    assert info["subscriptionsCount"] == 1 and info["members"] == [{"uid": "jim", "umd": None}]

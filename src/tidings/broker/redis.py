@@ -344,18 +344,31 @@ class RedisBroker:
 
     @classmethod
     def from_url(cls, url: str) -> RedisBroker:
-        """Build a broker from ``TIDINGS_BROKER``: ``?prefix=…`` is read and removed here, the
-        other query options go to redis-py."""
+        """Build a broker from ``TIDINGS_BROKER``: ``?prefix=…`` (key prefix, default
+        ``tidings:``) and ``?node_timeout=…`` (seconds without heartbeats before a node's
+        connections are removed from presence and counts, default 30) are read here; other query
+        options go to redis-py."""
         parts = urllib.parse.urlsplit(url)
         prefix = "tidings:"
+        node_timeout = 30.0
         kept: list[tuple[str, str]] = []
         for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
             if key == "prefix":
                 prefix = value
+            elif key == "node_timeout":
+                try:
+                    node_timeout = float(value)
+                except ValueError:
+                    node_timeout = -1.0
+                if not 0.5 <= node_timeout <= 3600:
+                    raise ConfigError(
+                        "TIDINGS_BROKER's node_timeout must be a number of seconds from 0.5 "
+                        "to 3600."
+                    )
             else:
                 kept.append((key, value))
         clean = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
-        return cls(clean, prefix=prefix)
+        return cls(clean, prefix=prefix, node_timeout=node_timeout)
 
     # Public methods
 
