@@ -45,13 +45,9 @@ ReapedFn = Callable[[str, PresenceUpdate | None, int | None], Awaitable[None]]
 """Called for each channel a reaped node affected: (channel, presence update or None, new
 subscription count or None)."""
 
-# KEYS: ph, pu, pseq, node presence set. ARGV: holder, node, uid, canonical umd, member JSON,
-# max bytes, channel. Returns {change, member JSON or "", members JSON}.
-_JOIN = """
-local ph, pu, pseq, nodeset = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local holder, node, uid, canon, member, maxb, channel =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local function members()
+# Shared by both scripts: the members JSON array in first-join order, and its payload size.
+_MEMBERS = """
+local function members(pu)
   local rows = redis.call('HGETALL', pu)
   local list = {}
   for i = 1, #rows, 2 do
@@ -65,6 +61,14 @@ local function members()
   for i = 1, #list do out[i] = list[i][2]; size = size + #list[i][2] end
   return '[' .. table.concat(out, ',') .. ']', size
 end
+"""
+
+# KEYS: ph, pu, pseq, node presence set. ARGV: holder, node, uid, canonical umd, member JSON,
+# max bytes, channel. Returns {change, member JSON or "", members JSON}.
+_JOIN = _MEMBERS + """
+local ph, pu, pseq, nodeset = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local holder, node, uid, canon, member, maxb, channel =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local current = redis.call('HGET', pu, uid)
 local change = 'none'
 if current then
@@ -73,13 +77,13 @@ if current then
   local seq, oldcanon, old = string.sub(current, 1, a - 1), string.sub(current, a + 1, b - 1),
     string.sub(current, b + 1)
   if oldcanon ~= canon then
-    local _, size = members()
+    local _, size = members(pu)
     if size - #old + #member > maxb then return {'full', '', ''} end
     redis.call('HSET', pu, uid, seq .. '\\n' .. canon .. '\\n' .. member)
     change = 'updated'
   end
 else
-  local _, size = members()
+  local _, size = members(pu)
   if size + #member > maxb then return {'full', '', ''} end
   local seq = redis.call('INCR', pseq)
   redis.call('HSET', pu, uid, seq .. '\\n' .. canon .. '\\n' .. member)
@@ -87,42 +91,28 @@ else
 end
 redis.call('HSET', ph, holder, node .. '|' .. uid)
 redis.call('SADD', nodeset, channel)
-local list = members()
+local list = members(pu)
 if change == 'none' then return {change, '', list} end
 return {change, member, list}
 """
 
 # KEYS: ph, pu. ARGV: holder, uid. Returns {change, member JSON or "", members JSON}.
-_LEAVE = """
+_LEAVE = _MEMBERS + """
 local ph, pu = KEYS[1], KEYS[2]
 local holder, uid = ARGV[1], ARGV[2]
-local function members()
-  local rows = redis.call('HGETALL', pu)
-  local list = {}
-  for i = 1, #rows, 2 do
-    local v = rows[i + 1]
-    local a = string.find(v, '\\n', 1, true)
-    local b = string.find(v, '\\n', a + 1, true)
-    list[#list + 1] = {tonumber(string.sub(v, 1, a - 1)), string.sub(v, b + 1)}
-  end
-  table.sort(list, function(x, y) return x[1] < y[1] end)
-  local out = {}
-  for i = 1, #list do out[i] = list[i][2] end
-  return '[' .. table.concat(out, ',') .. ']'
-end
-if redis.call('HDEL', ph, holder) == 0 then return {'none', '', members()} end
+if redis.call('HDEL', ph, holder) == 0 then return {'none', '', (members(pu))} end
 local suffix = '|' .. uid
 local rows = redis.call('HGETALL', ph)
 for i = 2, #rows, 2 do
   local v = rows[i]
-  if string.sub(v, -#suffix) == suffix then return {'none', '', members()} end
+  if string.sub(v, -#suffix) == suffix then return {'none', '', (members(pu))} end
 end
 local current = redis.call('HGET', pu, uid)
 redis.call('HDEL', pu, uid)
-if not current then return {'none', '', members()} end
+if not current then return {'none', '', (members(pu))} end
 local a = string.find(current, '\\n', 1, true)
 local b = string.find(current, '\\n', a + 1, true)
-return {'removed', string.sub(current, b + 1), members()}
+return {'removed', string.sub(current, b + 1), (members(pu))}
 """
 
 _CHANGES = {
