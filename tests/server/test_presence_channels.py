@@ -182,3 +182,33 @@ async def test_admin_channels_api_errors(server: Server) -> None:
         assert (await resp.json())["error"]["code"] == "METHOD_NOT_ALLOWED"
     status, body = await channel_info(server, "a%2Fb")
     assert status == 200 and body["name"] == "a/b"
+
+
+async def test_subscribe_rolled_back_when_broker_is_unavailable(server: Server) -> None:
+    """A subscribe the broker cannot take gets SERVICE_UNAVAILABLE and leaves no trace; the
+    retry then succeeds with exact members and counts (a Redis outage is simulated at the edge)."""
+    from tidings.errors import BrokerUnavailable
+
+    broker = server.hub.broker
+    real_subscribe = broker.subscribe
+    failures = {"left": 1}
+
+    async def flaky_subscribe(channel: str) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise BrokerUnavailable("the broker is unreachable")
+        await real_subscribe(channel)
+
+    broker.subscribe = flaky_subscribe  # type: ignore[method-assign]
+    jim = await server.connect(claims("jim"))
+    await jim.send({"event": "hotsock.subscribe", "channel": CH})
+    err = await jim.expect("hotsock.error")
+    assert err["channel"] == CH and err["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert (await channel_info(server, CH))[1] == {
+        "name": CH,
+        "subscriptionsCount": 0,
+        "members": [],
+    }
+    sub = await jim.subscribe(CH)
+    assert sub["data"]["members"] == [member("jim")]
+    assert (await channel_info(server, CH))[1]["subscriptionsCount"] == 1

@@ -420,9 +420,13 @@ class Hub:
         )
         conn.subscriptions[channel] = sub
         self._channels.setdefault(channel, {})[conn.id] = conn
-        # every subscribe awaits the node's interest (idempotent, cheap once held), so the
-        # confirmation never goes out before messages of the channel can reach this node
-        await self.broker.subscribe(channel)
+        try:
+            # every subscribe awaits the node's interest (idempotent, cheap once held), so the
+            # confirmation never goes out before messages of the channel can reach this node
+            await self.broker.subscribe(channel)
+        except Exception:
+            await self._undo_subscribe(conn, sub, sub_claims if consumed else None)
+            raise
         conn.send(
             Frame(
                 protocol.subscribed_frame(
@@ -451,6 +455,26 @@ class Hub:
             if conn.subscriptions.get(channel) is sub:
                 await self._remove_subscription(conn, sub)
         return sub
+
+    async def _undo_subscribe(
+        self, conn: Connection, sub: Subscription, consumed: Claims | None
+    ) -> None:
+        """Roll back a subscribe that failed before its confirmation (nothing was announced)."""
+        if conn.subscriptions.get(sub.channel) is sub:
+            del conn.subscriptions[sub.channel]
+        local = self._channels.get(sub.channel)
+        if local is not None:
+            local.pop(conn.id, None)
+            if not local:
+                del self._channels[sub.channel]
+                self._spawn(self._drop_interest(sub.channel))
+        try:
+            if is_presence(sub.channel) and sub.uid:
+                await self.broker.presence_leave(sub.channel, conn.id, sub.uid)
+            if consumed is not None:
+                await self.broker.release(f"jti:{consumed.jti}", "used")
+        except Exception:
+            log.warning("! could not roll back %s's subscribe to %s", conn.id, sub.channel)
 
     async def unsubscribe(self, conn: Connection, sent: str) -> None:
         """Spec §6.2."""
