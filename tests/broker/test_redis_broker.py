@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from tests.conftest import MS
+from tests.services import REDIS_URL, RedisServer, redis_server, require_redis
 
 from tidings.broker import open_broker
 from tidings.broker.base import Delivery
@@ -35,41 +33,11 @@ from tidings.broker.redis import (
 from tidings.errors import BrokerUnavailable, ConfigError
 from tidings.testing.broker_contract import BrokerContract, BrokerFactory, Node
 
-REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-REQUIRE_SERVICES = os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1"
-
-_reachable: str | None = None  # "" when reachable, else why not; probed once per session
-
-
-async def _probe() -> str:
-    global _reachable
-    if _reachable is None:
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-        try:
-            await client.ping()
-        except Exception as exc:  # any failure means "cannot run these tests here"
-            _reachable = f"{type(exc).__name__}: {exc}"
-        else:
-            _reachable = ""
-        finally:
-            await client.aclose()
-    return _reachable
-
-
-def _unavailable(what: str, reason: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{what} is unavailable ({reason}) and TIDINGS_REQUIRE_SERVICES=1")
-    pytest.skip(f"{what} is unavailable ({reason})")
-
 
 @pytest_asyncio.fixture
 async def prefix() -> AsyncIterator[str]:
     """A unique key prefix on the shared Redis; its keys are deleted afterwards."""
-    reason = await _probe()
-    if reason:
-        _unavailable(f"Redis at {REDIS_URL}", f"{reason}; start it or set TIDINGS_TEST_REDIS_URL")
+    await require_redis()
     name = f"tidings-test-{secrets.token_hex(6)}:"
     yield name
     import redis.asyncio as aioredis
@@ -112,63 +80,11 @@ async def start_broker() -> AsyncIterator[StartBroker]:
         await node.broker.aclose()
 
 
-class RedisServer:
-    """A ``redis-server`` of our own on a fixed free port, to stop, pause and restart."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(10 * MS)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-        raise AssertionError(f"redis-server did not listen on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait()
-        self.proc = None
-
-    async def command(self, *args: str) -> Any:
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(self.url, socket_timeout=5)
-        try:
-            return await client.execute_command(*args)  # type: ignore[no-untyped-call]
-        finally:
-            await client.aclose()
-
-
 @pytest_asyncio.fixture
 async def own_redis() -> AsyncIterator[RedisServer]:
     """A private redis-server (the shared one must never be stopped)."""
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server", "not on PATH")
-    server = RedisServer()
-    await server.start()
-    try:
+    async with redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def publish_until_delivered(

@@ -7,12 +7,12 @@ unreachable, unless ``TIDINGS_REQUIRE_SERVICES=1``. Each test uses its own key p
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests.services import REDIS_URL, require_redis
 
 from tidings.broker.base import PresenceUpdate
 from tidings.broker.redis_state import RedisClusterState
@@ -21,22 +21,13 @@ from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
 
 @pytest.fixture
 async def redis() -> AsyncIterator[Any]:
     import redis.asyncio as aioredis
 
+    await require_redis()
     client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        await client.ping()
-    except Exception as exc:
-        await client.aclose()
-        message = f"Redis at {REDIS_URL} is unreachable ({exc})"
-        if os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{message} and TIDINGS_REQUIRE_SERVICES=1")
-        pytest.skip(f"{message}; start it or point TIDINGS_TEST_REDIS_URL at one")
     yield client
     await client.aclose()
 

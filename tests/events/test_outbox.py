@@ -10,13 +10,12 @@ dropped afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from tests.services import POSTGRES_URL, postgres_schema
 from ulid import ULID
 
 from tidings.errors import ConfigError, StoreUnavailable
@@ -30,11 +29,6 @@ from tidings.events import (
 )
 from tidings.store.sqlite import SqliteStore
 from tidings.testing.store_contract import make_record
-
-POSTGRES_URL = os.environ.get(
-    "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-REQUIRE_SERVICES = os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1"
 
 T0 = 1_700_000_000_000  # a fixed "now" in Unix milliseconds
 LEASE = 60_000
@@ -58,44 +52,14 @@ def make_delivery(
     )
 
 
-# PostgreSQL availability
-
-_reachable: str | None = None  # "" when reachable, else why not; probed once per session
-
-
-async def _probe() -> str:
-    global _reachable
-    if _reachable is None:
-        import asyncpg
-
-        try:
-            conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
-        except Exception as exc:  # any failure means "cannot run these tests here"
-            _reachable = f"{type(exc).__name__}: {exc}"
-        else:
-            await conn.close()
-            _reachable = ""
-    return _reachable
+# PostgreSQL
 
 
 @pytest_asyncio.fixture
 async def pg_schema() -> AsyncIterator[str]:
     """A unique schema name (created by the outbox), dropped afterwards."""
-    reason = await _probe()
-    if reason:
-        message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({reason})"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{message} and TIDINGS_REQUIRE_SERVICES=1")
-        pytest.skip(f"{message}; start it or point TIDINGS_TEST_POSTGRES_URL at one")
-    name = f"tidings_test_outbox_{secrets.token_hex(6)}"
-    yield name
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    async with postgres_schema("outbox_") as name:
+        yield name
 
 
 # The contract, for every backend

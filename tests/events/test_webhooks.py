@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import logging
 import os
-import secrets
 import socket
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from tests.services import POSTGRES_URL, postgres_schema
 
 import tidings
 from tidings.core.ids import is_ulid
@@ -46,11 +46,6 @@ SECRET = "whsec_" + base64.b64encode(b"tidings-test-webhook-key-0123").decode()
 OLD_SECRET = "plain-old-secret"
 # Seconds; about 2 s from the first failure to the drop, far longer than any outage below.
 FAST = (0.01, 0.02, 0.05, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2)
-
-POSTGRES_URL = os.environ.get(
-    "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-REQUIRE_SERVICES = os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1"
 
 
 # A real webhook receiver
@@ -665,23 +660,8 @@ def test_webhook_endpoint_validates_its_settings() -> None:
 @pytest_asyncio.fixture
 async def pg_schema() -> AsyncIterator[str]:
     """A unique schema (created by the outbox), dropped afterwards."""
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
-    except Exception as exc:
-        message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({type(exc).__name__}: {exc})"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{message} and TIDINGS_REQUIRE_SERVICES=1")
-        pytest.skip(f"{message}; start it or point TIDINGS_TEST_POSTGRES_URL at one")
-    await conn.close()
-    name = f"tidings_test_webhooks_{secrets.token_hex(6)}"
-    yield name
-    conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    async with postgres_schema("webhooks_") as name:
+        yield name
 
 
 @pytest.mark.integration

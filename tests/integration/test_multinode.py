@@ -15,9 +15,7 @@ import asyncio
 import base64
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,14 +29,19 @@ import pytest
 import pytest_asyncio
 import websockets
 from tests.conftest import MS, SECRET, Client, make_token
+from tests.services import (
+    POSTGRES_URL,
+    REDIS_URL,
+    RedisServer,
+    drop_store_tables,
+    free_port,
+    redis_server,
+    require_postgres,
+    require_redis,
+)
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-REQUIRE_SERVICES = os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1"
 API_KEY = "multinode-api-key"
 
 ROOM = {
@@ -50,73 +53,6 @@ ROOM = {
         }
     }
 }
-
-
-def _unavailable(what: str, reason: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{what} is unavailable ({reason}) and TIDINGS_REQUIRE_SERVICES=1")
-    pytest.skip(f"{what} is unavailable ({reason})")
-
-
-async def _probe_services() -> None:
-    import asyncpg
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        await client.ping()
-    except Exception as exc:
-        _unavailable(f"Redis at {REDIS_URL}", f"{type(exc).__name__}: {exc}")
-    finally:
-        await client.aclose()
-    try:
-        conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
-    except Exception as exc:
-        _unavailable(f"PostgreSQL at {POSTGRES_URL}", f"{type(exc).__name__}: {exc}")
-    else:
-        await conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A ``redis-server`` of our own on a fixed port, to stop and restart (the machine's
-    shared Redis must never be stopped)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(10 * MS)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-        raise AssertionError(f"redis-server did not listen on {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 class TidingsNode:
@@ -240,7 +176,6 @@ class Cluster:
         await self._drop_data()
 
     async def _drop_data(self) -> None:
-        import asyncpg
         import redis.asyncio as aioredis
 
         for url in self.redis_urls:
@@ -253,19 +188,13 @@ class Cluster:
                 pass
             finally:
                 await client.aclose()
-        conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
-        try:
-            await conn.execute(
-                f'DROP TABLE IF EXISTS "{self.table_prefix}messages", '
-                f'"{self.table_prefix}schema_version"'
-            )
-        finally:
-            await conn.close()
+        await drop_store_tables(self.table_prefix)
 
 
 @pytest_asyncio.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    await _probe_services()
+    await require_redis()
+    await require_postgres()
     http = aiohttp.ClientSession()
     c = Cluster(tmp_path, http)
     try:
@@ -279,14 +208,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 @pytest_asyncio.fixture
 async def own_redis() -> AsyncIterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server", "not on PATH")
-    server = RedisServer()
-    await server.start()
-    try:
+    async with redis_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def messages(client: Client, count: int, timeout: float = 10) -> list[dict[str, Any]]:

@@ -10,59 +10,23 @@ schema, dropped afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from tests.services import POSTGRES_URL, drop_store_tables, postgres_schema
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store import open_store
 from tidings.store.postgres import PostgresStore
 from tidings.testing.store_contract import T0, StoreContract, StoreFactory, make_record
 
-POSTGRES_URL = os.environ.get(
-    "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-REQUIRE_SERVICES = os.environ.get("TIDINGS_REQUIRE_SERVICES") == "1"
-
-_reachable: str | None = None  # "" when reachable, else why not; probed once per session
-
-
-async def _probe() -> str:
-    global _reachable
-    if _reachable is None:
-        import asyncpg
-
-        try:
-            conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
-        except Exception as exc:  # any failure means "cannot run these tests here"
-            _reachable = f"{type(exc).__name__}: {exc}"
-        else:
-            await conn.close()
-            _reachable = ""
-    return _reachable
-
 
 @pytest_asyncio.fixture
 async def schema() -> AsyncIterator[str]:
     """A unique schema name for this test (created by the store), dropped afterwards."""
-    reason = await _probe()
-    if reason:
-        message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({reason})"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{message} and TIDINGS_REQUIRE_SERVICES=1")
-        pytest.skip(f"{message}; start it or point TIDINGS_TEST_POSTGRES_URL at one")
-    name = f"tidings_test_{secrets.token_hex(6)}"
-    yield name
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
+    async with postgres_schema() as name:
+        yield name
 
 
 @pytest.mark.integration
@@ -79,13 +43,7 @@ async def prefix(schema: str) -> AsyncIterator[str]:
     """A unique table prefix in the default schema; its tables are dropped afterwards."""
     prefix = f"{schema}_"
     yield prefix
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
-    try:
-        await conn.execute(f'DROP TABLE IF EXISTS "{prefix}messages", "{prefix}schema_version"')
-    finally:
-        await conn.close()
+    await drop_store_tables(prefix)
 
 
 @pytest.mark.integration

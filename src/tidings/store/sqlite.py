@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -118,7 +119,17 @@ class _Worker:
         conn = sqlite3.connect(path, isolation_level=None)
         try:
             for pragma in pragmas:
-                conn.execute(pragma)
+                # Switching a new file to WAL upgrades a shared lock to an exclusive one, and
+                # SQLite answers "locked" at once (no busy handler, to avoid deadlock) when another
+                # process is doing the same: retry for a while instead of failing the open.
+                for attempt in range(250):
+                    try:
+                        conn.execute(pragma)
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if "locked" not in str(exc) or attempt == 249:
+                            raise
+                        time.sleep(0.02)
         except BaseException:
             conn.close()
             raise
