@@ -65,7 +65,9 @@ end
 
 # KEYS: ph, pu, pseq, node presence set. ARGV: holder, node, uid, canonical umd, member JSON,
 # max bytes, channel. Returns {change, member JSON or "", members JSON}.
-_JOIN = _MEMBERS + """
+_JOIN = (
+    _MEMBERS
+    + """
 local ph, pu, pseq, nodeset = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local holder, node, uid, canon, member, maxb, channel =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
@@ -95,9 +97,12 @@ local list = members(pu)
 if change == 'none' then return {change, '', list} end
 return {change, member, list}
 """
+)
 
 # KEYS: ph, pu. ARGV: holder, uid. Returns {change, member JSON or "", members JSON}.
-_LEAVE = _MEMBERS + """
+_LEAVE = (
+    _MEMBERS
+    + """
 local ph, pu = KEYS[1], KEYS[2]
 local holder, uid = ARGV[1], ARGV[2]
 if redis.call('HDEL', ph, holder) == 0 then return {'none', '', (members(pu))} end
@@ -114,6 +119,7 @@ local a = string.find(current, '\\n', 1, true)
 local b = string.find(current, '\\n', a + 1, true)
 return {'removed', string.sub(current, b + 1), (members(pu))}
 """
+)
 
 _CHANGES = {
     "none": Change.NONE,
