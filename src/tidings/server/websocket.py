@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from aiohttp import WSMsgType, web
 
 from tidings.core import protocol
-from tidings.errors import ErrorCode, TokenError
+from tidings.errors import CloseCode, ErrorCode, TokenError
 from tidings.hub.hub import Hub
 from tidings.hub.outbound import Frame
 from tidings.server.http import HUB, error_response
@@ -107,9 +107,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         await hub.start_connection(conn)
         async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
+            # ==, not is: aiohttp's pure-Python reader (used under tracers and without its C
+            # extensions) hands out plain ints rather than WSMsgType members
+            if msg.type == WSMsgType.TEXT:
                 await hub.handle_frame(conn, msg.data)
-            elif msg.type is WSMsgType.BINARY:
+            elif msg.type == WSMsgType.BINARY:
                 conn.last_activity = time.monotonic()
                 conn.send(
                     Frame(
@@ -118,7 +120,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                         )
                     )
                 )
-            elif msg.type is WSMsgType.ERROR:
+            elif msg.type == WSMsgType.ERROR:
+                # e.g. a frame over the size limit: close with the protocol's code (1009) before
+                # the cleanup below would close with 1000
+                conn.close(getattr(msg.data, "code", CloseCode.INTERNAL_ERROR), "")
                 break
     finally:
         # shielded: a server shutdown cancelling this handler must not skip the cleanup
