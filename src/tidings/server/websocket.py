@@ -107,8 +107,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         await hub.start_connection(conn)
         async for msg in ws:
-            # ==, not is: aiohttp's pure-Python reader (used under tracers and without its C
-            # extensions) hands out plain ints rather than WSMsgType members
+            # ==, not is: aiohttp has been seen handing out plain ints instead of WSMsgType
+            # members (under a coverage tracer), and == holds for both
             if msg.type == WSMsgType.TEXT:
                 await hub.handle_frame(conn, msg.data)
             elif msg.type == WSMsgType.BINARY:
