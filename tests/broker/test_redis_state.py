@@ -150,9 +150,28 @@ async def test_forwarding_reaches_the_holding_node(redis: Any, prefix: str) -> N
         await holder.forget_connection("conn-1")
         assert await asker.forward("conn-1", b"x") is None
         await asker.register_connection("conn-q")  # a connection of a node that never answers
-        await redis.set(f"{prefix}conn:conn-z", "silent-node")
+        await redis.hset(f"{prefix}conns", "conn-z", "silent-node")
         with pytest.raises(BrokerUnavailable):
             await asker.forward("conn-z", b"x")
     finally:
         await holder.aclose()
         await asker.aclose()
+
+
+async def test_state_is_rewritten_after_redis_forgets_it(redis: Any, prefix: str) -> None:
+    """If Redis restarts empty, the next heartbeat restores connection locations and counts."""
+    a = node(redis, prefix, "A")
+    await a.start()
+    try:
+        await a.register_connection("c1")
+        await a.count_add("room", 2)
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}*")]
+        await redis.delete(*keys)  # what a restart without persistence leaves
+        assert await a.locate("c1") is None and await a.count("room") == 0
+        await a._beat()
+        assert await a.locate("c1") == "A"
+        assert await a.count("room") == 2
+        await a.forget_connection("c1")
+        assert await a.locate("c1") is None
+    finally:
+        await a.aclose()

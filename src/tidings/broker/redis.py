@@ -223,7 +223,7 @@ class RedisBroker:
         prefix: str = "tidings:",
         connect_timeout: float = 2.0,
         command_timeout: float = 2.0,
-        max_connections: int = 64,
+        max_connections: int = 256,
         lock_ttl_ms: int = 15_000,
         last_id_ttl_ms: int = 3_600_000,
         reconnect_min: float = 0.1,

@@ -9,7 +9,9 @@ Data model (all keys under the broker's prefix ``P``)::
     P pseq                 STRING  a counter ordering first joins
     P n:{node}:p           SET   presence channels where the node holds subscriptions
     P n:{node}:c           HASH  channel -> the node's counted subscriptions
-    P conn:{id}            STRING  node holding the connection (expires with the node's lease)
+    P n:{node}:conns       SET   connection IDs the node holds
+    P n:{node}:m           STRING  marker: present while Redis remembers the node's state
+    P conns                HASH  connection ID -> node holding it
     P rpc:{node}           LIST  Client HTTP API requests forwarded to the node
     P reply:{request}      LIST  the answer to one forwarded request (expires)
 
@@ -246,16 +248,20 @@ class RedisClusterState:
 
     async def register_connection(self, connection_id: str) -> None:
         self._connections.add(connection_id)
-        await self._redis.set(
-            self._k(f"conn:{connection_id}"), self.node_id, px=int(self._timeout * 1000)
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._k("conns"), connection_id, self.node_id)
+            pipe.sadd(self._k(f"n:{self.node_id}:conns"), connection_id)
+            await pipe.execute()
 
     async def forget_connection(self, connection_id: str) -> None:
         self._connections.discard(connection_id)
-        await self._redis.delete(self._k(f"conn:{connection_id}"))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self._k("conns"), connection_id)
+            pipe.srem(self._k(f"n:{self.node_id}:conns"), connection_id)
+            await pipe.execute()
 
     async def locate(self, connection_id: str) -> str | None:
-        node = await self._redis.get(self._k(f"conn:{connection_id}"))
+        node = await self._redis.hget(self._k("conns"), connection_id)
         return None if node is None else _text(node)
 
     async def forward(self, connection_id: str, request: bytes) -> bytes | None:
@@ -295,18 +301,25 @@ class RedisClusterState:
         return PresenceUpdate(kind, member, orjson.loads(members))
 
     async def _beat(self) -> None:
-        """Refresh liveness, and rewrite what this node owns, so that a Redis that restarted
-        empty learns its connections and counts again within one heartbeat."""
+        """Refresh liveness: O(1) while Redis remembers this node. When the marker is missing
+        (first beat, or Redis restarted empty), rewrite the connections and counts the node
+        owns, so forwarding and counts recover within one heartbeat."""
         now = int(time.time() * 1000)
-        lease = int(self._timeout * 1000)
-        counts = self._k(f"n:{self.node_id}:c")
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self._k("nodes"), {self.node_id: now})
-            for connection_id in self._connections:
-                pipe.set(self._k(f"conn:{connection_id}"), self.node_id, px=lease)
+            pipe.set(self._k(f"n:{self.node_id}:m"), "1", nx=True)
+            _, fresh = await pipe.execute()
+        if not fresh:
+            return
+        counts = self._k(f"n:{self.node_id}:c")
+        conns = self._k(f"n:{self.node_id}:conns")
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(counts)
             if self._counts:
                 pipe.hset(counts, mapping=self._counts)
+            if self._connections:
+                pipe.sadd(conns, *self._connections)
+                pipe.hset(self._k("conns"), mapping=dict.fromkeys(self._connections, self.node_id))
             await pipe.execute()
 
     async def _answer_forwarded(self) -> None:
@@ -384,7 +397,15 @@ class RedisClusterState:
                     if update.change is Change.REMOVED and self._on_reaped is not None:
                         await self._on_reaped(channel, update, None)
         counts = await self._redis.hgetall(self._k(f"n:{node_id}:c"))
-        await self._redis.delete(self._k(f"n:{node_id}:p"), self._k(f"n:{node_id}:c"))
+        held = [_text(c) for c in await self._redis.smembers(self._k(f"n:{node_id}:conns"))]
+        for start in range(0, len(held), 1000):
+            await self._redis.hdel(self._k("conns"), *held[start : start + 1000])
+        await self._redis.delete(
+            self._k(f"n:{node_id}:p"),
+            self._k(f"n:{node_id}:c"),
+            self._k(f"n:{node_id}:conns"),
+            self._k(f"n:{node_id}:m"),
+        )
         await self._redis.zrem(self._k("nodes"), node_id)
         if self._on_reaped is not None:
             for raw, value in counts.items():
