@@ -427,6 +427,18 @@ class Hub:
         except Exception:
             await self._undo_subscribe(conn, sub, sub_claims if consumed else None)
             raise
+        if self._emitting:
+            self._emit_subscription("hotsock.subscribed", conn, sub)
+        try:
+            if sub.counted:
+                self._emit_count(channel, await self.broker.count_add(channel, 1))
+            if update is not None:
+                # announced before the joiner's confirmation: once a client has seen its own
+                # hotsock.subscribed, the others' memberAdded is already on its way everywhere,
+                # so a later joiner on another node does not receive this stale member list
+                await self._member_event(channel, update, skip=conn.id)
+        except UNAVAILABLE as exc:  # the subscription stands; only the announcements are lost
+            log.warning("! announcing %s's subscription to %s failed: %s", conn.id, channel, exc)
         conn.send(
             Frame(
                 protocol.subscribed_frame(
@@ -441,15 +453,6 @@ class Hub:
         )
         if self.debug:
             log.debug("= %s subscribed to %s", conn.id, channel)
-        if self._emitting:
-            self._emit_subscription("hotsock.subscribed", conn, sub)
-        try:
-            if sub.counted:
-                self._emit_count(channel, await self.broker.count_add(channel, 1))
-            if update is not None:
-                await self._member_event(channel, update, skip=conn.id)
-        except UNAVAILABLE as exc:  # the subscription stands; only the announcements are lost
-            log.warning("! announcing %s's subscription to %s failed: %s", conn.id, channel, exc)
         if conn.closed and self.connections.get(conn.id) is not conn:
             # the connection ended while we awaited: undo what its cleanup could not see
             if conn.subscriptions.get(channel) is sub:
