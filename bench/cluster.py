@@ -51,10 +51,10 @@ from common import (
     ServerSpec,
     cpu_plan,
     percentile,
-    pin_self,
     proc_cpu_seconds,
     proc_sched,
     raise_nofile,
+    run_and_report,
     self_cpu_seconds,
     summarize_ns,
     tidings_env,
@@ -1050,23 +1050,7 @@ def main() -> None:
         "--no-pin", action="store_true", help="do not pin nodes / load generators to CPUs"
     )
     ap.add_argument("--json", help="raw results path (default bench/results/cluster-<time>.json)")
-    args = ap.parse_args()
-    if args.no_pin:
-        os.environ["TIDINGS_BENCH_PIN"] = "0"
-    raise_nofile()
-    pin_self(cpu_plan()[1])
-    results = asyncio.run(amain(args))
-    report = render(results)
-    print(report)
-    out = (
-        Path(args.json)
-        if args.json
-        else BENCH_DIR / "results" / time.strftime("cluster-%Y%m%d-%H%M%S.json")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str))
-    out.with_suffix(".md").write_text(report + "\n")
-    print(f"\n(report: {out.with_suffix('.md')}, raw results: {out})", file=sys.stderr)
+    run_and_report(ap.parse_args(), amain, render, "cluster")
 
 
 if __name__ == "__main__":

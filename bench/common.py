@@ -6,7 +6,10 @@ time, so it is safe to import from ``multiprocessing`` spawn children.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import base64
+import json
 import os
 import resource
 import shutil
@@ -17,9 +20,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -331,3 +335,29 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    amain: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], str],
+    stem: str,
+) -> None:
+    """The shared tail of every bench script: pin, run, print the markdown report, and save it
+    with the raw JSON under ``bench/results/<stem>-<time>``."""
+    if args.no_pin:
+        os.environ["TIDINGS_BENCH_PIN"] = "0"
+    raise_nofile()
+    pin_self(cpu_plan()[1])
+    results = asyncio.run(amain(args))
+    report = render(results)
+    print(report)
+    out = (
+        Path(args.json)
+        if args.json
+        else BENCH_DIR / "results" / time.strftime(f"{stem}-%Y%m%d-%H%M%S.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    out.with_suffix(".md").write_text(report + "\n")
+    print(f"\n(report: {out.with_suffix('.md')}, raw results: {out})", file=sys.stderr)

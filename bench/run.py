@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import platform
 import sys
 import time
 from array import array
-from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,11 +33,11 @@ from common import (
     ServerProcess,
     ServerSpec,
     cpu_plan,
-    pin_self,
     proc_cpu_seconds,
     proc_rss_kib,
     proc_sched,
     raise_nofile,
+    run_and_report,
     self_cpu_seconds,
     summarize_ns,
     tidings_available,
@@ -891,23 +889,7 @@ def main() -> None:
     )
     ap.add_argument("--skip-ref", default="", help="comma list of reference rows to skip (aiohttp)")
     ap.add_argument("--json", help="write raw results here (default bench/results/<time>.json)")
-    args = ap.parse_args()
-    if args.no_pin:
-        os.environ["TIDINGS_BENCH_PIN"] = "0"
-    raise_nofile()
-    pin_self(cpu_plan()[1])
-    results = asyncio.run(amain(args))
-    report = render(results)
-    print(report)
-    out = (
-        Path(args.json)
-        if args.json
-        else BENCH_DIR / "results" / time.strftime("bench-%Y%m%d-%H%M%S.json")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str))
-    out.with_suffix(".md").write_text(report + "\n")
-    print(f"\n(raw results: {out})", file=sys.stderr)
+    run_and_report(ap.parse_args(), amain, render, "bench")
 
 
 if __name__ == "__main__":
