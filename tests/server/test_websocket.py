@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 from collections.abc import Callable
 
+import orjson
 import pytest
 import websockets
 from tests.conftest import MS, Server, StartServer, make_token
+
+
+def _unsigned_token(claims: dict[str, object]) -> str:
+    """An ``alg: none`` token, which must always be refused."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = orjson.dumps({"alg": "none", "typ": "JWT"})
+    return b64(header) + "." + b64(orjson.dumps(claims)) + "."
+
 
 OPEN = {"channels": {"room": {"subscribe": True, "messages": {"*": {"publish": True}}}}}
 
@@ -41,8 +54,27 @@ async def test_client_connect_on_v1_alias_path(server: Server) -> None:
         lambda: make_token({}, scope="subscribe"),
         lambda: make_token({"connectionId": "abc"}),
         lambda: "x" * 20000,
+        lambda: make_token({"umd": "x" * 2000}),
+        lambda: make_token({"uid": "u" * 129}),
+        lambda: make_token({"heartbeatTimeout": 4}),
+        lambda: make_token({"channels": {"c": {"subscribe": "yes"}}}),
+        lambda: _unsigned_token({"scope": "connect", "exp": int(time.time()) + 60}),
     ],
-    ids=["garbage", "empty", "wrong-key", "expired", "nbf", "wrong-scope", "bound", "oversized"],
+    ids=[
+        "garbage",
+        "empty",
+        "wrong-key",
+        "expired",
+        "nbf",
+        "wrong-scope",
+        "bound",
+        "oversized",
+        "big-umd",
+        "long-uid",
+        "heartbeat-range",
+        "bad-directive",
+        "alg-none",
+    ],
 )
 async def test_client_connect_with_bad_token_gets_401(
     server: Server, token: Callable[[], str]
