@@ -52,6 +52,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     cors_origins: tuple[str, ...] = ("*",)  # allowed origins for /connection/*
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For names the client
     log_level: str = "info"
 
 
@@ -167,6 +168,9 @@ class Settings:
                 SigningKeySetting(_str(method, "SIGNING_KEY_METHOD"), Secret(str(value)), kid)
             )
         api_keys = tuple(Secret(str(v[k])) for k in ("api_key1", "api_key2") if v.get(k))
+        proxies = v.get("trusted_proxies", ())
+        if isinstance(proxies, str):
+            proxies = [p.strip() for p in proxies.split(",") if p.strip()]
         origins = v.get("cors_origins", "*")
         if isinstance(origins, str):
             origins = [o.strip() for o in origins.split(",") if o.strip()]
@@ -179,6 +183,7 @@ class Settings:
                 host=_str(v.get("host", d.server.host), "HOST"),
                 port=_int(v.get("port", d.server.port), "PORT", 0, 65535),
                 cors_origins=tuple(origins) or ("*",),
+                trusted_proxies=tuple(str(p) for p in proxies),
                 log_level=log_level,
             ),
             auth=AuthSettings(

@@ -226,3 +226,31 @@ async def test_webhook_500_then_recovers(start_server: StartServer, receiver: Re
     await server.publish({"channel": "x", "event": "e", "emitPubSubEvent": True})
     [event] = await receiver.wait_for("hotsock.messagePublished")
     assert event["data"]["event"] == "e" and failures["left"] == 0
+
+
+async def test_source_ip_from_trusted_proxy(start_server: StartServer, receiver: Receiver) -> None:
+    """Behind a trusted proxy, sourceIp is the nearest untrusted X-Forwarded-For address;
+    from any other peer the header is ignored."""
+    from dataclasses import replace
+
+    import websockets
+    from tests.conftest import make_token
+
+    server = await events_server(start_server, receiver)
+    headers = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
+    first = await websockets.connect(
+        f"{server.ws_url}?token={make_token({})}", additional_headers=headers
+    )
+    await first.recv()
+    settings = server.hub.settings
+    server.hub.settings = replace(
+        settings, server=replace(settings.server, trusted_proxies=("127.0.0.1",))
+    )
+    second = await websockets.connect(
+        f"{server.ws_url}?token={make_token({})}", additional_headers=headers
+    )
+    await second.recv()
+    connected = await receiver.wait_for("hotsock.connected", 2)
+    assert sorted(e["data"]["sourceIp"] for e in connected) == ["127.0.0.1", "203.0.113.7"]
+    await first.close()
+    await second.close()

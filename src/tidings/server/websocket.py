@@ -15,7 +15,7 @@ from tidings.hub.hub import Hub
 from tidings.hub.outbound import Frame
 from tidings.server.http import HUB, error_response
 
-__all__ = ["AiohttpOutlet", "websocket_handler"]
+__all__ = ["AiohttpOutlet", "client_ip", "websocket_handler"]
 
 log = logging.getLogger("tidings.websocket")
 
@@ -78,6 +78,19 @@ class AiohttpOutlet:
             self._transport.abort()
 
 
+def client_ip(request: web.Request, trusted: tuple[str, ...]) -> str | None:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
+    untrusted address its ``X-Forwarded-For`` names (entries further left could be forged)."""
+    peer = request.remote
+    if peer not in trusted:
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return peer
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     hub: Hub = request.app[HUB]
     ws = web.WebSocketResponse(
@@ -101,7 +114,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     conn = hub.open_connection(
         claims,
         AiohttpOutlet(ws),
-        source_ip=request.remote,
+        source_ip=client_ip(request, hub.settings.server.trusted_proxies),
         user_agent=request.headers.get("User-Agent"),
     )
     try:
