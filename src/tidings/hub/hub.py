@@ -596,7 +596,7 @@ class Hub:
             user_agent=conn.user_agent,
             emit_event=perms.emit_pubsub(channel, event),
         )
-        future = self._enqueue(pub)
+        future = self.enqueue(pub)
         if trigger == "client.websocket":
             future.add_done_callback(lambda f: self._report_failure(conn, sent, f))
         return future
@@ -635,10 +635,8 @@ class Hub:
         )
 
     def enqueue(self, pub: Publication) -> asyncio.Future[PublishResult]:
-        """Queue a validated publication in its channel lane (ID minted now)."""
-        return self._enqueue(pub)
-
-    def _enqueue(self, pub: Publication) -> asyncio.Future[PublishResult]:
+        """Queue a validated publication in its channel lane; its ID is minted when the lane
+        processes it."""
         pub.created_ms = now_ms()
         if pub.emit_event:
             pub.request_id = new_ulid(pub.created_ms)
