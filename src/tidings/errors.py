@@ -29,6 +29,7 @@ __all__ = [
     "TidingsError",
     "TokenError",
     "UNAVAILABLE",
+    "wire_error",
 ]
 
 
@@ -152,3 +153,15 @@ class BrokerUnavailable(TidingsError):
 
 UNAVAILABLE = (StoreUnavailable, BrokerUnavailable)
 """Backend outages: answered with 503 ``SERVICE_UNAVAILABLE``, logged without a traceback."""
+
+
+def wire_error(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The error code and client-safe message every adapter sends for ``exc`` (spec §18):
+    refusals keep their own, backend outages are 503s, anything else is an internal error."""
+    if isinstance(exc, ProtocolError):
+        return exc.code, exc.message
+    if isinstance(exc, StoreUnavailable):
+        return ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later"
+    if isinstance(exc, BrokerUnavailable):
+        return ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later"
+    return ErrorCode.INTERNAL_ERROR, "internal error"

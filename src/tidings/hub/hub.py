@@ -51,6 +51,7 @@ from tidings.errors import (
     ProtocolError,
     StoreError,
     TokenError,
+    wire_error,
 )
 from tidings.events.bus import EventBus
 from tidings.hub.connection import Connection, Subscription
@@ -324,20 +325,15 @@ class Hub:
             if self.debug:
                 log.debug("! %s refused: %s (channel %r)", conn.id, exc, exc.channel)
             conn.send(Frame(protocol.error_frame(exc.code, exc.message, exc.channel)))
-        except UNAVAILABLE as exc:
+        except Exception as exc:
+            if not isinstance(exc, UNAVAILABLE):
+                log.exception("! unexpected failure handling a frame of %s", conn.id)
             sent = (
                 command.channel
                 if isinstance(command, (protocol.Subscribe, protocol.Unsubscribe))
                 else None
             )
-            conn.send(
-                Frame(
-                    protocol.error_frame(ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later", sent)
-                )
-            )
-        except Exception:
-            log.exception("! unexpected failure handling a frame of %s", conn.id)
-            conn.send(Frame(protocol.error_frame(ErrorCode.INTERNAL_ERROR, "internal error")))
+            conn.send(Frame(protocol.error_frame(*wire_error(exc), sent)))
 
     # Subscriptions
 
@@ -749,15 +745,12 @@ class Hub:
     def _report_failure(
         self, conn: Connection, channel: str, future: asyncio.Future[PublishResult]
     ) -> None:
-        if future.cancelled() or future.exception() is None:
+        exc = None if future.cancelled() else future.exception()
+        if exc is None:
             return
-        exc = future.exception()
-        code = (
-            ErrorCode.SERVICE_UNAVAILABLE
-            if isinstance(exc, UNAVAILABLE)
-            else ErrorCode.INTERNAL_ERROR
-        )
-        conn.send(Frame(protocol.error_frame(code, "message could not be published", channel)))
+        code, reason = wire_error(exc)
+        message = f"message could not be published: {reason}"
+        conn.send(Frame(protocol.error_frame(code, message, channel)))
 
     # Fan-out
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.hub import Hub
 from tidings.server.client_api import (
     OPERATIONS,
@@ -74,21 +74,13 @@ async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
     for item, outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             failure = failure or outcome
-            code = (
-                ErrorCode.SERVICE_UNAVAILABLE
-                if isinstance(outcome, UNAVAILABLE)
-                else ErrorCode.INTERNAL_ERROR
-            )
-            results.append({"error": {"code": code.value, "message": "not published"}})
+            code, message = wire_error(outcome)
+            results.append({"error": {"code": code.value, "message": message}})
         else:
             results.append(result_body(outcome, item.get("eagerIdGeneration") is True))
     if failure is None:
         return json_response(results, status=202)
-    code = (
-        ErrorCode.SERVICE_UNAVAILABLE
-        if isinstance(failure, UNAVAILABLE)
-        else ErrorCode.INTERNAL_ERROR
-    )
+    code, _ = wire_error(failure)
     return json_response(
         {
             "error": {"code": code.value, "message": "some messages were not published"},
@@ -124,12 +116,8 @@ async def connection_api(request: web.Request) -> web.Response:
         return web.Response(status=204, headers=headers)
     try:
         response = await _connection_operation(request)
-    except ProtocolError as exc:
-        response = error_response(exc.code, exc.message)
-    except UNAVAILABLE:
-        response = error_response(
-            ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later"
-        )
+    except (ProtocolError, *UNAVAILABLE) as exc:
+        response = error_response(*wire_error(exc))
     response.headers.update(cors)
     return response
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidings.core.json import dumps, loads
-from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError, StoreUnavailable
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.connection import Connection
 from tidings.hub.hub import Hub, PublishResult
 
@@ -66,12 +66,8 @@ async def run_operation(
         if not isinstance(parsed, dict):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be a JSON object")
         return await handler(hub, conn, parsed)
-    except ProtocolError as exc:
-        return _error(exc.code, exc.message)
-    except StoreUnavailable:
-        return _error(ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later")
-    except BrokerUnavailable as exc:
-        return _error(ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later")
+    except (ProtocolError, *UNAVAILABLE) as exc:
+        return _error(*wire_error(exc))
 
 
 # Forwarding between nodes: "<operation>\n<connection ID>\n<secret>\n<body>" in, and

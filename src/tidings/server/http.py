@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from tidings.core.json import dumps, loads
-from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError, StoreUnavailable
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.hub import Hub
 
 __all__ = [
@@ -74,12 +74,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure leaves as ``{"error": {"code", "message"}}``; nothing leaks internals."""
     try:
         return await handler(request)
-    except ProtocolError as exc:
-        return error_response(exc.code, exc.message)
-    except StoreUnavailable:
-        return error_response(ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later")
-    except BrokerUnavailable as exc:
-        return error_response(ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later")
+    except (ProtocolError, *UNAVAILABLE) as exc:
+        return error_response(*wire_error(exc))
     except web.HTTPException as exc:
         if exc.status == 404:
             return error_response(ErrorCode.NOT_FOUND, "no such route", status=404)
@@ -90,6 +86,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return error_response(ErrorCode.INVALID_MESSAGE, exc.reason, status=exc.status)
-    except Exception:
+    except Exception as exc:
         log.exception("! unexpected failure on %s %s", request.method, request.path)
-        return error_response(ErrorCode.INTERNAL_ERROR, "internal error")
+        return error_response(*wire_error(exc))
