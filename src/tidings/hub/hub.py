@@ -455,10 +455,9 @@ class Hub:
                 await self._remove_subscription(conn, sub)
         return sub
 
-    async def _undo_subscribe(
-        self, conn: Connection, sub: Subscription, consumed: Claims | None
-    ) -> None:
-        """Roll back a subscribe that failed before its confirmation (nothing was announced)."""
+    def _detach(self, conn: Connection, sub: Subscription) -> None:
+        """Stop local fan-out of ``sub``'s channel to ``conn``; the node drops its interest in
+        the channel when no local subscriber is left."""
         if conn.subscriptions.get(sub.channel) is sub:
             del conn.subscriptions[sub.channel]
         local = self._channels.get(sub.channel)
@@ -467,6 +466,12 @@ class Hub:
             if not local:
                 del self._channels[sub.channel]
                 self._spawn(self._drop_interest(sub.channel))
+
+    async def _undo_subscribe(
+        self, conn: Connection, sub: Subscription, consumed: Claims | None
+    ) -> None:
+        """Roll back a subscribe that failed before its confirmation (nothing was announced)."""
+        self._detach(conn, sub)
         try:
             if is_presence(sub.channel) and sub.uid:
                 await self.broker.presence_leave(sub.channel, conn.id, sub.uid)
@@ -494,13 +499,7 @@ class Hub:
     async def _remove_subscription(self, conn: Connection, sub: Subscription) -> None:
         """Unsubscribe side effects (spec §6.2): local fan-out stops at once, then the shared
         presence and count state is updated and announced."""
-        del conn.subscriptions[sub.channel]
-        local = self._channels.get(sub.channel)
-        if local is not None:
-            local.pop(conn.id, None)
-            if not local:
-                del self._channels[sub.channel]
-                self._spawn(self._drop_interest(sub.channel))
+        self._detach(conn, sub)
         if self._emitting:
             self._emit_subscription("hotsock.unsubscribed", conn, sub)
         try:
