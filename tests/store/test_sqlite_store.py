@@ -16,7 +16,8 @@ import pytest
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store import open_store
-from tidings.store.sqlite import SqliteStore, _list_sql, _lower_bound
+from tidings.store.base import lower_bound
+from tidings.store.sqlite import SqliteStore, _list_sql
 from tidings.testing.store_contract import (
     T0,
     StoreContract,
@@ -142,7 +143,7 @@ def test_sqlite_store_append_survives_process_crash(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, os
-        from tidings.store.sqlite import SqliteStore, _list_sql, _lower_bound
+        from tidings.store.sqlite import SqliteStore
         from tidings.testing.store_contract import make_record, T0
 
         async def main():
@@ -340,7 +341,7 @@ async def test_sqlite_store_pages_are_index_range_scans(
     store = SqliteStore(tmp_path / "t.db")
     await store.open()
     await store.aclose()
-    lower, inclusive = _lower_bound(bounds.get("min_id"), bounds.get("after"))
+    lower, inclusive = lower_bound(bounds.get("min_id"), bounds.get("after"))
     sql = _list_sql(lower is not None, inclusive, "before" in bounds, reverse)
     params = [
         "room.1",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["MessageRecord", "Store"]
+__all__ = ["MessageRecord", "Store", "lower_bound"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +85,11 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Flush pending writes and release resources. Idempotent."""
         ...
+
+
+def lower_bound(min_id: str | None, after: str | None) -> tuple[str | None, bool]:
+    """Fold the inclusive ``min_id`` and exclusive ``after`` of ``Store.list_messages`` into
+    one bound (value, inclusive), so a query has a single lower bound an index can seek to."""
+    if after is not None and (min_id is None or after >= min_id):
+        return after, False
+    return min_id, True

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
-from tidings.store.base import MessageRecord, Store
+from tidings.store.base import MessageRecord, Store, lower_bound
 
 __all__ = ["PostgresStore"]
 
@@ -297,7 +297,7 @@ class PostgresStore:
         self._check_open()
         if limit <= 0:
             return []
-        lower, inclusive = _lower_bound(min_id, after)
+        lower, inclusive = lower_bound(min_id, after)
         key = (lower is not None, inclusive, before is not None, reverse)
         sql = self._sql_cache.get(key)
         if sql is None:
@@ -505,14 +505,6 @@ class PostgresStore:
             f"SELECT {_COLUMNS} FROM {self.messages_table} WHERE {' AND '.join(where)} "
             f"ORDER BY id {order} LIMIT ${n + 2}"
         )
-
-
-def _lower_bound(min_id: str | None, after: str | None) -> tuple[str | None, bool]:
-    """Fold the inclusive ``min_id`` and exclusive ``after`` into one bound (value, inclusive),
-    so the query has a single lower bound the index can seek to."""
-    if after is not None and (min_id is None or after >= min_id):
-        return after, False
-    return min_id, True
 
 
 def _map_error(exc: BaseException, action: str) -> StoreError:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
-from tidings.store.base import MessageRecord, Store
+from tidings.store.base import MessageRecord, Store, lower_bound
 
 __all__ = ["SqliteStore"]
 
@@ -343,7 +343,7 @@ class SqliteStore:
         self._check_open()
         if limit <= 0:
             return []  # SQLite reads LIMIT -1 as "no limit"; never let that through
-        lower, inclusive = _lower_bound(min_id, after)
+        lower, inclusive = lower_bound(min_id, after)
         key = (lower is not None, inclusive, before is not None, reverse)
         sql = self._sql_cache.get(key)
         if sql is None:
@@ -580,14 +580,6 @@ class SqliteStore:
             if isinstance(code, int) and code & 0xFF in _TRANSIENT_CODES:
                 return StoreUnavailable(f"{where}: {exc}")
         return StoreError(f"{where}: {type(exc).__name__}: {exc}")
-
-
-def _lower_bound(min_id: str | None, after: str | None) -> tuple[str | None, bool]:
-    """Fold the inclusive ``min_id`` and exclusive ``after`` into one bound (value, inclusive),
-    so the query has a single lower bound the index can seek to."""
-    if after is not None and (min_id is None or after >= min_id):
-        return after, False
-    return min_id, True
 
 
 def _list_sql(has_lower: bool, inclusive: bool, has_before: bool, reverse: bool) -> str:
