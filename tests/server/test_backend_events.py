@@ -226,6 +226,10 @@ async def test_webhook_500_then_recovers(start_server: StartServer, receiver: Re
     await server.publish({"channel": "x", "event": "e", "emitPubSubEvent": True})
     [event] = await receiver.wait_for("hotsock.messagePublished")
     assert event["data"]["event"] == "e" and failures["left"] == 0
+    async with server.http.get(f"{server.base}/metrics") as resp:
+        text = await resp.text()
+    assert "tidings_webhook_attempts_failed_total 3" in text
+    assert "tidings_webhooks_delivered_total" in text
 
 
 async def test_source_ip_from_trusted_proxy(start_server: StartServer, receiver: Receiver) -> None:

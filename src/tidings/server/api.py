@@ -180,7 +180,13 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE tidings_connections gauge",
         f"tidings_connections {len(hub.connections)}",
     ]
-    for name, value in hub.stats.items():
+    counters = dict(hub.stats)
+    events = hub.events
+    if events is not None and events.dispatcher is not None:
+        counters["webhooks_delivered"] = events.dispatcher.delivered
+        counters["webhook_attempts_failed"] = events.dispatcher.failed_attempts
+        counters["webhooks_dropped"] = events.dropped + events.dispatcher.dropped
+    for name, value in counters.items():
         lines += [f"# TYPE tidings_{name}_total counter", f"tidings_{name}_total {value}"]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
