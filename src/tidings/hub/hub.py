@@ -180,9 +180,11 @@ class Hub:
         """Graceful stop: close every connection with 1001, finish queued publications, flush
         the store, and release the backends."""
         self.draining = True
-        for conn in list(self.connections.values()):
+        conns = list(self.connections.values())
+        for conn in conns:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
-            await self.close_connection(conn)
+        # concurrently: with a shared broker each cleanup waits on round trips
+        await asyncio.gather(*(self.close_connection(conn) for conn in conns))
         lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if lanes:
             await asyncio.wait(lanes, timeout=self.settings.timeouts.drain_seconds)
