@@ -24,11 +24,14 @@ from tidings.config import (
     EventSettings,
     LimitSettings,
     Secret,
+    ServerSettings,
     Settings,
     SigningKeySetting,
     TimeoutSettings,
 )
 from tidings.server.app import Node
+from tidings.store import open_store
+from tidings.store.base import Store
 
 # Every timeout in the tests derives from MS; slow machines scale it.
 MS = 0.001 * float(os.environ.get("TIDINGS_TESTS_TIMEOUT_FACTOR", "1"))
@@ -67,6 +70,7 @@ def make_settings(**overrides: Any) -> Settings:
     )
     s = replace(s, server=replace(s.server, port=0))
     groups = {
+        "server": ServerSettings,
         "auth": AuthSettings,
         "limits": LimitSettings,
         "timeouts": TimeoutSettings,
@@ -197,8 +201,11 @@ async def start_server() -> AsyncIterator[StartServer]:
     servers: list[Server] = []
     http = aiohttp.ClientSession()
 
-    async def start(**overrides: Any) -> Server:
-        node = Node(make_settings(**overrides))
+    async def start(wrap_store: Callable[[Store], Store] | None = None, **overrides: Any) -> Server:
+        """``wrap_store`` puts a fault in front of the real store the settings name."""
+        settings = make_settings(**overrides)
+        store = open_store(settings.backends.store)
+        node = Node(settings, store=wrap_store(store) if wrap_store else store)
         await node.start()
         server = Server(node, http)
         servers.append(server)

@@ -79,3 +79,14 @@ def test_store_invalid(value: object) -> None:
 
 def test_presence_prefix() -> None:
     assert is_presence("presence.room") and not is_presence("room.presence.")
+
+
+def test_sent_name_returns_strings_as_they_are() -> None:
+    """A sent channel field only has to be a string; alias resolution comes later."""
+    from tidings.core.names import sent_name
+
+    assert sent_name("my alias") == "my alias"
+    with pytest.raises(ProtocolError, match="channel is required"):
+        sent_name(None)
+    with pytest.raises(ProtocolError, match="channel must be a string"):
+        sent_name(5)

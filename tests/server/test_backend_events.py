@@ -235,23 +235,22 @@ async def test_webhook_500_then_recovers(start_server: StartServer, receiver: Re
 async def test_source_ip_from_trusted_proxy(start_server: StartServer, receiver: Receiver) -> None:
     """Behind a trusted proxy, sourceIp is the nearest untrusted X-Forwarded-For address;
     from any other peer the header is ignored."""
-    from dataclasses import replace
-
     import websockets
     from tests.conftest import make_token
 
-    server = await events_server(start_server, receiver)
+    untrusting = await events_server(start_server, receiver)
+    trusting = await start_server(
+        webhooks=(WebhookSetting(receiver.url, (Secret(SECRET),)),),
+        backoff_seconds=(0.05,) * 5,
+        trusted_proxies=("127.0.0.1",),
+    )
     headers = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
     first = await websockets.connect(
-        f"{server.ws_url}?token={make_token({})}", additional_headers=headers
+        f"{untrusting.ws_url}?token={make_token({})}", additional_headers=headers
     )
     await first.recv()
-    settings = server.hub.settings
-    server.hub.settings = replace(
-        settings, server=replace(settings.server, trusted_proxies=("127.0.0.1",))
-    )
     second = await websockets.connect(
-        f"{server.ws_url}?token={make_token({})}", additional_headers=headers
+        f"{trusting.ws_url}?token={make_token({})}", additional_headers=headers
     )
     await second.recv()
     connected = await receiver.wait_for("hotsock.connected", 2)

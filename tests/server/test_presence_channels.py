@@ -189,7 +189,7 @@ async def test_subscribe_rolled_back_when_broker_is_unavailable(server: Server) 
     retry then succeeds with exact members and counts (a Redis outage is simulated at the edge)."""
     from tidings.errors import BrokerUnavailable
 
-    broker = server.hub.broker
+    broker = server.node.broker
     real_subscribe = broker.subscribe
     failures = {"left": 1}
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from tests.conftest import API_KEY2, Server
+from tests.conftest import API_KEY2, Server, StartServer
 
 from tidings.errors import StoreUnavailable
 
@@ -182,11 +182,13 @@ class FlakyStore:
         return getattr(self.inner, name)
 
 
-async def test_stored_publish_fails_503_and_retry_with_same_dedup_id_lands(server: Server) -> None:
+async def test_stored_publish_fails_503_and_retry_with_same_dedup_id_lands(
+    start_server: StartServer,
+) -> None:
     """A failed stored publish is not acknowledged, and its deduplicationId stays usable."""
+    server = await start_server(wrap_store=lambda store: FlakyStore(store, failures=1))
     client = await server.connect(OPEN)
     await client.subscribe("room")
-    server.hub.store = FlakyStore(server.hub.store, failures=1)
     msg = {
         "channel": "room",
         "event": "e",

@@ -16,6 +16,7 @@ __all__ = [
     "Channel",
     "is_presence",
     "is_valid_channel",
+    "sent_name",
     "validate_channel",
     "validate_data",
     "validate_event",
@@ -48,12 +49,19 @@ def is_valid_channel(name: object) -> bool:
     return not any(ch in _FORBIDDEN_IN_CHANNEL or ch.isspace() or _is_control(ch) for ch in name)
 
 
-def validate_channel(name: object, *, sent_as: str | None = None) -> Channel:
-    """Return ``name`` as a Channel or raise ``INVALID_CHANNEL``."""
+def sent_name(name: object) -> str:
+    """A client-sent channel field as a string (it may still be an alias), or raise
+    ``INVALID_CHANNEL``."""
     if name is None:
         raise ProtocolError(ErrorCode.INVALID_CHANNEL, "channel is required")
     if not isinstance(name, str):
         raise ProtocolError(ErrorCode.INVALID_CHANNEL, "channel must be a string")
+    return name
+
+
+def validate_channel(name: object, *, sent_as: str | None = None) -> Channel:
+    """Return ``name`` as a Channel or raise ``INVALID_CHANNEL``."""
+    name = sent_name(name)
     if not is_valid_channel(name):
         raise ProtocolError(
             ErrorCode.INVALID_CHANNEL,

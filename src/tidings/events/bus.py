@@ -105,6 +105,16 @@ class EventBus:
         """Deliveries emitted but not yet written to the outbox."""
         return len(self._buffer)
 
+    def counters(self) -> dict[str, int]:
+        """Webhook delivery counters for ``/metrics``; empty when no endpoint is configured."""
+        if self.dispatcher is None:
+            return {}
+        return {
+            "webhooks_delivered": self.dispatcher.delivered,
+            "webhook_attempts_failed": self.dispatcher.failed_attempts,
+            "webhooks_dropped": self.dropped + self.dispatcher.dropped,
+        }
+
     def wants(self, event_type: str) -> bool:
         """Whether some endpoint receives ``event_type``; when false, ``emit`` would do nothing."""
         return any(endpoint.accepts(event_type) for endpoint in self._endpoints)

@@ -1,4 +1,5 @@
-"""``Connection``: one client's state on this node, its bounded outbound queue and timers."""
+"""``Connection``: one client's state on this node, its bounded outbound queue, and the watchdog
+that enforces its lifetime, idle and heartbeat deadlines (spec §4.5, §4.6)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tidings.config import TimeoutSettings
+from tidings.core import protocol
 from tidings.core.permissions import Permissions
 from tidings.core.tokens import Claims
 from tidings.errors import CloseCode
 from tidings.hub.outbound import Frame, Outlet
 
-__all__ = ["Connection", "Subscription"]
+__all__ = ["Connection", "Subscription", "arm_watchdog"]
 
 
 @dataclass(slots=True)
@@ -170,3 +173,34 @@ class Connection:
                 self._outlet.write(frames)
         finally:
             self._flusher = None
+
+
+def arm_watchdog(conn: Connection, timeouts: TimeoutSettings) -> None:
+    """Start the connection's watchdog: one timer per connection that enforces the lifetime
+    cap, the idle timeout and ``heartbeatTimeout``, and sends ``hotsock.keepAlive``. It is
+    re-armed for the nearest deadline, so activity costs only an attribute write."""
+    start = time.monotonic()
+    conn.last_activity = conn.last_heartbeat = start
+    if conn.claims.keep_alive:
+        conn.next_keepalive = start + timeouts.keepalive_seconds
+    _watchdog(conn, timeouts, start + timeouts.max_connection_seconds)
+
+
+def _watchdog(conn: Connection, t: TimeoutSettings, expires: float) -> None:
+    if conn.closed:
+        return
+    now = time.monotonic()
+    if now >= conn.next_keepalive:
+        conn.send(Frame(protocol.keepalive_frame()))
+        conn.next_keepalive = now + t.keepalive_seconds
+    deadlines = [(expires, "connection expired")]
+    if t.idle_timeout_seconds > 0:
+        deadlines.append((conn.last_activity + t.idle_timeout_seconds, "idle timeout"))
+    if conn.claims.heartbeat_timeout:
+        deadlines.append((conn.last_heartbeat + conn.claims.heartbeat_timeout, "heartbeat timeout"))
+    due, reason = min(deadlines)
+    if now >= due:
+        conn.close(CloseCode.GOING_AWAY, reason)
+        return
+    wake = min(due, conn.next_keepalive)
+    conn.timer = asyncio.get_running_loop().call_later(wake - now, _watchdog, conn, t, expires)

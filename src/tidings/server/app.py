@@ -11,14 +11,17 @@ from pathlib import Path
 from aiohttp import web
 
 from tidings.broker import open_broker
+from tidings.broker.base import Broker
 from tidings.config import Settings
 from tidings.events import WebhookEndpoint, build_event_bus
 from tidings.hub.hub import Hub
-from tidings.server.api import READY, routes
+from tidings.server import admin_api, client_api, health, publish_api
 from tidings.server.client_api import serve_forwarded
+from tidings.server.health import READY
 from tidings.server.http import HUB, error_middleware
 from tidings.server.websocket import websocket_handler
 from tidings.store import open_store
+from tidings.store.base import Store
 
 __all__ = ["Node", "create_app"]
 
@@ -36,7 +39,8 @@ def create_app(hub: Hub) -> web.Application:
     app[READY] = asyncio.Event()
     app.router.add_get("/", websocket_handler)
     app.router.add_get("/v1", websocket_handler)
-    app.router.add_routes(routes)
+    for module in (publish_api, client_api, admin_api, health):
+        app.router.add_routes(module.routes)
     app.router.add_get("/console", _console_redirect)
     app.router.add_get("/console/", _console_index)
     if STATIC.is_dir():
@@ -58,12 +62,18 @@ async def _console_index(request: web.Request) -> web.StreamResponse:
 class Node:
     """One running tidings node: ``await node.start()``, then ``await node.stop()``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, broker: Broker | None = None
+    ) -> None:
+        """``store`` and ``broker`` replace the backends ``settings`` name (third-party
+        backends, or tests that put a fault in front of a real one)."""
         self.settings = settings
+        self.store = store if store is not None else open_store(settings.backends.store)
+        self.broker = broker if broker is not None else open_broker(settings.backends.broker)
         self.hub = Hub(
             settings=settings,
-            store=open_store(settings.backends.store),
-            broker=open_broker(settings.backends.broker),
+            store=self.store,
+            broker=self.broker,
             events=build_event_bus(
                 endpoints=[
                     WebhookEndpoint(
@@ -102,7 +112,6 @@ class Node:
 
     async def stop(self) -> None:
         """Graceful drain (spec §23): refuse new work, close sockets with 1001, flush the store."""
-        self.hub.draining = True
         await self.hub.drain()
         await self._runner.cleanup()
 

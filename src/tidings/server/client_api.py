@@ -1,24 +1,37 @@
-"""The Client HTTP API operations (spec §10), independent of the HTTP library, so a node can
-answer them both for its own connections and for requests forwarded by another node."""
+"""The Client HTTP API (spec §10): ``/connection/{operation}`` with a connection's credentials.
+
+Operations are independent of the HTTP library, so a node answers them both for its own
+connections and for calls another node forwards (any node may receive the request).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tidings.core.json import dumps, loads
+from aiohttp import web
+
+from tidings.core.json import dumps
+from tidings.core.requests import flag, parse_body_object, refuse_schedule
 from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.connection import Connection
-from tidings.hub.hub import Hub, PublishResult
+from tidings.hub.hub import Hub
+from tidings.server.http import HUB, error_response, json_response, read_body
+from tidings.server.publish_api import result_body
 
-__all__ = ["OPERATIONS", "decode_forwarded", "encode_forwarded", "run_operation", "serve_forwarded"]
+__all__ = [
+    "OPERATIONS",
+    "decode_forwarded",
+    "encode_forwarded",
+    "routes",
+    "run_operation",
+    "serve_forwarded",
+]
+
+routes = web.RouteTableDef()
 
 
-def result_body(result: PublishResult, eager: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"channel": result.channel, "event": result.event}
-    if eager:
-        body["id"] = result.id
-    return body
+# Operations
 
 
 async def _list_messages(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
@@ -26,13 +39,8 @@ async def _list_messages(hub: Hub, conn: Connection, body: dict[str, Any]) -> tu
 
 
 async def _publish_message(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
-    eager = body.get("eagerIdGeneration", False)
-    if not isinstance(eager, bool):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "eagerIdGeneration must be a boolean")
-    if body.get("scheduleExpression") is not None:
-        raise ProtocolError(
-            ErrorCode.INVALID_SCHEDULE, "scheduled publishing is not supported by this server yet"
-        )
+    eager = flag(body, "eagerIdGeneration")
+    refuse_schedule(body)
     future = hub.publish_client(
         conn, body.get("channel"), body.get("event"), body.get("data"), trigger="client.http"
     )
@@ -60,14 +68,68 @@ async def run_operation(
         return _error(ErrorCode.NOT_FOUND, f"unknown operation {operation!r}")
     try:
         conn = hub.authorize_http(connection_id, secret)
-        if not body.strip():
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be JSON")
-        parsed = loads(body)
-        if not isinstance(parsed, dict):
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be a JSON object")
-        return await handler(hub, conn, parsed)
+        return await handler(hub, conn, parse_body_object(body))
     except (ProtocolError, *UNAVAILABLE) as exc:
         return _error(*wire_error(exc))
+
+
+# The route
+
+
+def _cors_headers(request: web.Request) -> dict[str, str]:
+    origins = request.app[HUB].settings.server.cors_origins
+    origin = request.headers.get("Origin")
+    if "*" in origins:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin is not None and origin in origins:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {"Vary": "Origin"}
+
+
+@routes.route("*", "/connection/{operation}")
+async def connection_api(request: web.Request) -> web.Response:
+    cors = _cors_headers(request)
+    if request.method == "OPTIONS":
+        headers = dict(cors)
+        headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "Content-Type"
+        )
+        headers["Access-Control-Max-Age"] = "86400"
+        return web.Response(status=204, headers=headers)
+    try:
+        response = await _connection_operation(request)
+    except (ProtocolError, *UNAVAILABLE) as exc:
+        response = error_response(*wire_error(exc))
+    response.headers.update(cors)
+    return response
+
+
+async def _connection_operation(request: web.Request) -> web.Response:
+    if request.method != "POST":
+        return error_response(
+            ErrorCode.METHOD_NOT_ALLOWED,
+            "the Client HTTP API takes POST only",
+            headers={"Allow": "POST, OPTIONS"},
+        )
+    hub = request.app[HUB]
+    operation = request.match_info["operation"]
+    if operation not in OPERATIONS:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"unknown operation {operation!r}")
+    connection_id = request.query.get("connectionId", "")
+    secret = request.query.get("connectionSecret", "")
+    body = await read_body(request)
+    if connection_id in hub.connections:
+        status, answer = await run_operation(hub, operation, connection_id, secret, body)
+    else:
+        # held by another node, or by none: the broker knows (spec: any node answers)
+        forwarded = await hub.forward(
+            connection_id, encode_forwarded(operation, connection_id, secret, body)
+        )
+        if forwarded is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown connection or wrong secret")
+        status, answer = decode_forwarded(forwarded)
+    return json_response(answer, status=status)
 
 
 # Forwarding between nodes: "<operation>\n<connection ID>\n<secret>\n<body>" in, and

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tidings.core.json import dumps, loads
+from tidings.core.json import dumps
+from tidings.core.requests import parse_body
 from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.hub import Hub
 
@@ -19,6 +20,7 @@ __all__ = [
     "json_response",
     "read_body",
     "read_json",
+    "require_api_key",
 ]
 
 log = logging.getLogger("tidings.http")
@@ -60,10 +62,14 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_json(request: web.Request) -> Any:
     """The request body parsed as JSON regardless of ``Content-Type`` (spec §10.1)."""
-    body = await read_body(request)
-    if not body.strip():
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "request body must be JSON")
-    return loads(body)
+    return parse_body(await read_body(request))
+
+
+def require_api_key(request: web.Request) -> Hub:
+    """The hub, once the request's ``Authorization: Bearer`` API key checks out (spec §15)."""
+    hub = request.app[HUB]
+    hub.check_api_key(request.headers.get("Authorization", ""))
+    return hub
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

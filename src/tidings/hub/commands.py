@@ -1,0 +1,77 @@
+"""The WebSocket frame switch (spec §4-§8): one small handler per client command."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tidings.core import protocol
+from tidings.errors import UNAVAILABLE, ProtocolError, wire_error
+from tidings.hub.connection import Connection
+from tidings.hub.outbound import Frame
+from tidings.hub.publishing import Publisher
+from tidings.hub.subscriptions import Subscriptions
+
+__all__ = ["Commands"]
+
+log = logging.getLogger("tidings.hub")
+
+Handler = Callable[[Connection, Any], Awaitable[None]]
+
+
+class Commands:
+    """Runs client frames; every refusal is answered with ``hotsock.error``."""
+
+    def __init__(self, *, subscriptions: Subscriptions, publisher: Publisher) -> None:
+        self._subscriptions = subscriptions
+        self._publisher = publisher
+        self._handlers: dict[type, Handler] = {
+            protocol.ClientMessage: self._message,
+            protocol.Subscribe: self._subscribe,
+            protocol.Unsubscribe: self._unsubscribe,
+            protocol.Ping: self._ping,
+            protocol.Heartbeat: self._heartbeat,
+        }
+        self.debug = log.isEnabledFor(logging.DEBUG)
+
+    async def handle(self, conn: Connection, text: str | bytes) -> None:
+        """Process one client frame."""
+        conn.last_activity = time.monotonic()
+        command: protocol.Command | None = None
+        try:
+            command = protocol.parse_client_frame(text)
+            handler = self._handlers.get(type(command))
+            if handler is not None:  # hotsock.pong needs no answer (spec §4.6)
+                await handler(conn, command)
+        except ProtocolError as exc:
+            if self.debug:
+                log.debug("! %s refused: %s (channel %r)", conn.id, exc, exc.channel)
+            conn.send(Frame(protocol.error_frame(exc.code, exc.message, exc.channel)))
+        except Exception as exc:
+            if not isinstance(exc, UNAVAILABLE):
+                log.exception("! unexpected failure handling a frame of %s", conn.id)
+            sent = (
+                command.channel
+                if isinstance(command, (protocol.Subscribe, protocol.Unsubscribe))
+                else None
+            )
+            conn.send(Frame(protocol.error_frame(*wire_error(exc), sent)))
+
+    # Handlers
+
+    async def _message(self, conn: Connection, command: protocol.ClientMessage) -> None:
+        self._publisher.publish_client(conn, command.channel, command.event, command.data)
+
+    async def _subscribe(self, conn: Connection, command: protocol.Subscribe) -> None:
+        await self._subscriptions.subscribe(conn, command.channel, command.token)
+
+    async def _unsubscribe(self, conn: Connection, command: protocol.Unsubscribe) -> None:
+        await self._subscriptions.unsubscribe(conn, command.channel)
+
+    async def _ping(self, conn: Connection, command: protocol.Ping) -> None:
+        conn.send(Frame(protocol.pong_frame()))
+
+    async def _heartbeat(self, conn: Connection, command: protocol.Heartbeat) -> None:
+        conn.last_heartbeat = conn.last_activity

@@ -1,0 +1,59 @@
+"""Local fan-out: which of this node's connections subscribe to a channel, and handing them
+what the broker delivers (spec §8)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from tidings.broker.base import Delivery
+from tidings.hub.connection import Connection
+from tidings.hub.outbound import Frame
+
+__all__ = ["Fanout"]
+
+
+class Fanout:
+    """Channel → local subscribers. Only the hub's subscription code changes it."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, Connection]] = {}  # channel -> conn ID -> conn
+        self.frames_delivered = 0
+
+    def add(self, channel: str, conn: Connection) -> None:
+        self._channels.setdefault(channel, {})[conn.id] = conn
+
+    def remove(self, channel: str, conn: Connection) -> bool:
+        """Stop delivering ``channel`` to ``conn``; True when no local subscriber is left."""
+        local = self._channels.get(channel)
+        if local is None:
+            return False
+        local.pop(conn.id, None)
+        if local:
+            return False
+        del self._channels[channel]
+        return True
+
+    def has_subscribers(self, channel: str) -> bool:
+        return channel in self._channels
+
+    def deliver(self, channel: str, deliveries: Sequence[Delivery]) -> None:
+        """Called by the broker in channel order. Never blocks."""
+        local = self._channels.get(channel)
+        if not local:
+            return
+        frames = [Frame(d.payload, d.exclude) for d in deliveries]
+        excluded = {f.exclude for f in frames if f.exclude is not None}
+        now = time.monotonic()  # outbound frames count as activity for the idle timeout
+        if not excluded:
+            for conn in local.values():
+                conn.last_activity = now
+                conn.send_many(frames)
+        else:
+            for conn in list(local.values()):
+                conn.last_activity = now
+                if conn.id in excluded:
+                    conn.send_many([f for f in frames if f.exclude != conn.id])
+                else:
+                    conn.send_many(frames)
+        self.frames_delivered += len(frames) * len(local)

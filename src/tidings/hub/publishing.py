@@ -1,0 +1,322 @@
+"""Publishing (spec §8, §9, §15): each channel's ordered lane, where IDs are minted, duplicates
+caught, stored messages committed and everything handed to the broker.
+
+::
+
+    publish_client / publish_server ──▶ channel lane (FIFO, one task drains it)
+        async with broker.ordering(channel) as mint:     the channel's publishing turn
+            mint IDs → dedup claims → store.append (group commit) → broker.publish
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.broker.base import Broker, Delivery, Minter
+from tidings.core import protocol
+from tidings.core.ids import new_ulid
+from tidings.core.json import dumps
+from tidings.core.names import validate_data, validate_event
+from tidings.core.requests import ServerPublish
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, StoreError, wire_error
+from tidings.hub._common import now_ms, resolve_sent
+from tidings.hub.connection import Connection
+from tidings.hub.emitter import Emitter
+from tidings.hub.outbound import Frame
+from tidings.store.base import MessageRecord, Store
+
+__all__ = ["DEDUP_WINDOW_MS", "Publication", "PublishResult", "Publisher"]
+
+log = logging.getLogger("tidings.hub")
+
+DEDUP_WINDOW_MS = 5 * 60 * 1000
+
+
+@dataclass(slots=True)
+class Publication:
+    """A message on its way through a channel lane."""
+
+    channel: str
+    event: str
+    data_json: bytes  # compact JSON of ``data``
+    meta_json: bytes | None  # ``meta`` on the socket; None for server messages (spec §5.2)
+    uid: str | None
+    umd_json: bytes
+    store_seconds: int  # 0 not stored, -1 forever
+    exclude: str | None  # sender's connection ID when it must not get its own copy
+    trigger: str
+    connection_id: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    dedup_key: str | None = None
+    emit_event: bool = False  # emit hotsock.messagePublished once delivered
+    request_id: str = ""  # ULID of the accepting request (event metadata)
+    id: str = ""  # minted when its lane processes it, in the channel's publishing turn
+    created_ms: int = 0
+
+    def record(self) -> MessageRecord:
+        expires = None if self.store_seconds < 0 else self.created_ms + self.store_seconds * 1000
+        return MessageRecord(
+            id=self.id,
+            channel=self.channel,
+            event=self.event,
+            data=self.data_json.decode(),
+            uid=self.uid,
+            umd=self.umd_json.decode(),
+            created_ms=self.created_ms,
+            expires_ms=expires,
+            trigger=self.trigger,
+            connection_id=self.connection_id,
+            source_ip=self.source_ip,
+            user_agent=self.user_agent,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    channel: str
+    event: str
+    id: str  # the message ID (the original one for a deduplicated publish)
+    duplicate: bool = False
+
+
+Pending = tuple[Publication, "asyncio.Future[PublishResult]"]
+
+
+class _Lane:
+    """One channel's FIFO of publications, drained by one task at a time."""
+
+    __slots__ = ("pending", "task")
+
+    def __init__(self) -> None:
+        self.pending: deque[Pending] = deque()
+        self.task: asyncio.Task[None] | None = None
+
+
+class Publisher:
+    """Validates, authorises and orders this node's publications."""
+
+    def __init__(self, *, store: Store, broker: Broker, emitter: Emitter) -> None:
+        self._store = store
+        self._broker = broker
+        self._emitter = emitter
+        self._lanes: dict[str, _Lane] = {}
+        self.published = 0  # messages acknowledged by this node
+
+    # Public methods
+
+    def publish_client(
+        self,
+        conn: Connection,
+        channel_sent: Any,
+        event: Any,
+        data: Any,
+        *,
+        trigger: str = "client.websocket",
+    ) -> asyncio.Future[PublishResult]:
+        """Spec §8: validate and authorise a client message, then queue it in its lane.
+
+        Raises ``ProtocolError`` for refusals. The returned future resolves once the message is
+        stored (when stored) and handed to the broker; WebSocket callers need not await it.
+        """
+        sent, channel = resolve_sent(conn, channel_sent)
+        try:
+            event = validate_event(event)
+            data_json = validate_data(data)
+        except ProtocolError as exc:
+            exc.channel = sent
+            raise
+        sub = conn.subscriptions.get(channel)
+        perms = sub.permissions if sub is not None else conn.permissions
+        if not perms.can_publish(channel, event, subscribed=sub is not None):
+            raise ProtocolError(
+                ErrorCode.PUBLISH_PERMISSION_DENIED,
+                f"publish of event {event!r} not permitted for channel",
+                channel=sent,
+            )
+        uid, umd_json = (sub.uid, sub.umd_json) if sub is not None else (conn.uid, dumps(conn.umd))
+        pub = Publication(
+            channel=channel,
+            event=event,
+            data_json=data_json,
+            meta_json=protocol.meta_json(uid, umd_json),
+            uid=uid,
+            umd_json=umd_json,
+            store_seconds=perms.store_seconds(channel, event),
+            exclude=None if perms.echo(channel, event) else conn.id,
+            trigger=trigger,
+            connection_id=conn.id,
+            source_ip=conn.source_ip,
+            user_agent=conn.user_agent,
+            emit_event=perms.emit_pubsub(channel, event),
+        )
+        future = self.enqueue(pub)
+        if trigger == "client.websocket":
+            future.add_done_callback(lambda f: _report_failure(conn, sent, f))
+        return future
+
+    def publish_server(
+        self, request: ServerPublish, *, trigger: str = "server.http"
+    ) -> asyncio.Future[PublishResult]:
+        """Queue a validated ``POST /publish`` message; no permission applies (spec §15)."""
+        dedup = request.deduplication_id
+        return self.enqueue(
+            Publication(
+                channel=request.channel,
+                event=request.event,
+                data_json=request.data_json,
+                meta_json=None,
+                uid=None,
+                umd_json=b"null",
+                store_seconds=request.store_seconds,
+                exclude=None,
+                trigger=trigger,
+                dedup_key=f"dedup:{dedup}" if dedup else None,
+                emit_event=request.emit_event,
+            )
+        )
+
+    def enqueue(self, pub: Publication) -> asyncio.Future[PublishResult]:
+        """Queue a publication in its channel lane; its ID is minted when the lane processes
+        it."""
+        pub.created_ms = now_ms()
+        if pub.emit_event:
+            pub.request_id = new_ulid(pub.created_ms)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PublishResult] = loop.create_future()
+        lane = self._lanes.get(pub.channel)
+        if lane is None:
+            lane = self._lanes[pub.channel] = _Lane()
+        lane.pending.append((pub, future))
+        if lane.task is None:
+            lane.task = loop.create_task(self._run_lane(pub.channel, lane))
+        return future
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for the queued publications to finish."""
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # Private methods
+
+    async def _run_lane(self, channel: str, lane: _Lane) -> None:
+        try:
+            while lane.pending:
+                batch = list(lane.pending)
+                lane.pending.clear()
+                await self._process_batch(channel, batch)
+        finally:
+            lane.task = None
+            if not lane.pending and self._lanes.get(channel) is lane:
+                del self._lanes[channel]
+
+    async def _process_batch(self, channel: str, batch: list[Pending]) -> None:
+        try:
+            async with self._broker.ordering(channel) as mint:
+                await self._publish_batch(channel, batch, mint)
+        except Exception as exc:  # the turn itself failed (broker unreachable)
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! publishing on %s refused: %s", channel, exc)
+            else:
+                log.exception("! publishing turn failed on %s", channel)
+            await self._fail_all([(p, f) for p, f in batch if not f.done()], exc)
+
+    async def _publish_batch(self, channel: str, batch: list[Pending], mint: Minter) -> None:
+        live = await self._claim_dedup(batch, mint)
+        live = await self._store_batch(channel, live)
+        if not live:
+            return
+        deliveries = [
+            Delivery(
+                protocol.message_frame(p.id, p.event, p.channel, p.data_json, p.meta_json),
+                p.exclude,
+            )
+            for p, _ in live
+        ]
+        try:
+            await self._broker.publish(channel, deliveries)
+        except Exception as exc:
+            # a stored message is durable and listable, so it is acknowledged even though its
+            # live delivery was lost; an unstored one existed only in flight, so it fails (503)
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! live delivery on %s lost: %s", channel, exc)
+            else:
+                log.exception("! broker publish failed on %s; live delivery lost", channel)
+            await self._fail_all([(p, f) for p, f in live if p.store_seconds == 0], exc)
+            live = [(p, f) for p, f in live if p.store_seconds != 0]
+        self.published += len(live)
+        for pub, future in live:
+            _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
+            if pub.emit_event and self._emitter.enabled:
+                self._emitter.published(pub)
+
+    async def _claim_dedup(self, batch: list[Pending], mint: Minter) -> list[Pending]:
+        """Mint each ID and claim each ``deduplicationId``; a repeat is answered with the
+        original message's ID and goes no further."""
+        live: list[Pending] = []
+        for pub, future in batch:
+            pub.id = mint(now_ms())
+            if pub.dedup_key is not None:
+                try:
+                    original = await self._broker.claim_once(pub.dedup_key, pub.id, DEDUP_WINDOW_MS)
+                except Exception as exc:
+                    _fail(future, exc)
+                    continue
+                if original is not None:
+                    _resolve(
+                        future, PublishResult(pub.channel, pub.event, original, duplicate=True)
+                    )
+                    continue
+            live.append((pub, future))
+        return live
+
+    async def _store_batch(self, channel: str, live: list[Pending]) -> list[Pending]:
+        """Commit the stored messages in one append; returns what may go on to the broker."""
+        records = [pub.record() for pub, _ in live if pub.store_seconds != 0]
+        if not records:
+            return live
+        try:
+            await self._store.append(records)
+        except Exception as exc:
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! storing on %s failed: %s", channel, exc)
+            elif not isinstance(exc, StoreError):
+                log.exception("! store append failed on %s", channel)
+            await self._fail_all([(p, f) for p, f in live if p.store_seconds != 0], exc)
+            return [(p, f) for p, f in live if p.store_seconds == 0]
+        return live
+
+    async def _fail_all(self, items: list[Pending], exc: BaseException) -> None:
+        """Fail publications that were not delivered, releasing their deduplication claims so a
+        retry with the same ``deduplicationId`` is not mistaken for a duplicate."""
+        for pub, future in items:
+            _fail(future, exc)
+            if pub.dedup_key is not None:
+                try:
+                    await self._broker.release(pub.dedup_key, pub.id)
+                except Exception:
+                    log.exception("! could not release deduplication claim")
+
+
+def _report_failure(conn: Connection, channel: str, future: asyncio.Future[PublishResult]) -> None:
+    exc = None if future.cancelled() else future.exception()
+    if exc is None:
+        return
+    code, reason = wire_error(exc)
+    message = f"message could not be published: {reason}"
+    conn.send(Frame(protocol.error_frame(code, message, channel)))
+
+
+def _resolve(future: asyncio.Future[PublishResult], result: PublishResult) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[PublishResult], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

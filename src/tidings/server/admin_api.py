@@ -1,0 +1,24 @@
+"""The admin channels API (spec §16), authenticated with an API key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from tidings.server.http import json_response, require_api_key
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/channels/{name}")
+async def channel_info(request: web.Request) -> web.Response:
+    hub = require_api_key(request)
+    name = request.match_info["name"]
+    body: dict[str, Any] = {"name": name, "subscriptionsCount": await hub.subscriptions_count(name)}
+    members = await hub.members(name)
+    if members is not None:
+        body["members"] = members
+    return json_response(body)
