@@ -54,6 +54,18 @@ class HubHarness:
         await self.hub.start_connection(conn)
         return conn, outlet
 
+    async def subscribed(
+        self, channel: str, *claims: dict[str, Any]
+    ) -> list[tuple[Connection, RecordingOutlet]]:
+        """One connection per ``claims``, each subscribed to ``channel``, outlets emptied."""
+        made = []
+        for c in claims:
+            conn, outlet = await self.connect(c)
+            await self.send(conn, {"event": "hotsock.subscribe", "channel": channel})
+            outlet.take()
+            made.append((conn, outlet))
+        return made
+
     async def send(self, conn: Connection, frame: dict[str, Any]) -> None:
         await self.hub.handle_frame(conn, orjson.dumps(frame))
 

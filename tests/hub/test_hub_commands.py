@@ -56,12 +56,7 @@ async def test_unsubscribe_stops_delivery(harness: HubHarness) -> None:
 
 async def test_client_messages_keep_channel_order(harness: HubHarness) -> None:
     """Messages sent in one burst arrive in send order with strictly increasing IDs."""
-    conn, out = await harness.connect(OPEN)
-    reader, inbox = await harness.connect(OPEN)
-    for c in (conn, reader):
-        await harness.send(c, {"event": "hotsock.subscribe", "channel": "room"})
-    out.take()
-    inbox.take()
+    (conn, _), (reader, inbox) = await harness.subscribed("room", OPEN, OPEN)
     for n in range(50):
         await harness.send(conn, {"event": "chat", "channel": "room", "data": n})
     for _ in range(100):
@@ -78,12 +73,7 @@ async def test_client_messages_keep_channel_order(harness: HubHarness) -> None:
 async def test_publish_without_echo_skips_the_sender(harness: HubHarness) -> None:
     """Without ``echo`` the sender gets no copy; other subscribers do."""
     quiet = {"channels": {"room": {"subscribe": True, "messages": {"*": {"publish": True}}}}}
-    sender, sent = await harness.connect(quiet)
-    reader, inbox = await harness.connect(quiet)
-    for c in (sender, reader):
-        await harness.send(c, {"event": "hotsock.subscribe", "channel": "room"})
-    sent.take()
-    inbox.take()
+    (sender, sent), (reader, inbox) = await harness.subscribed("room", quiet, quiet)
     await harness.hub.publish_client(sender, "room", "chat", "hi", trigger="client.http")
     assert [f["data"] for f in inbox.take()] == ["hi"]
     assert sent.take() == []
