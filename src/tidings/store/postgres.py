@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
+from tidings.store._pg import begin_migration, check_identifiers, map_error
 from tidings.store.base import MessageRecord, Store, lower_bound
 
 __all__ = ["PostgresStore"]
@@ -32,12 +32,6 @@ __all__ = ["PostgresStore"]
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-
-# One lock for every tidings migration in the database ("tidings\0" as a big-endian int8):
-# migrations are rare and short, and one key also serializes CREATE SCHEMA across prefixes.
-_MIGRATION_LOCK_KEY = int.from_bytes(b"tidings\x00", "big")
-
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -133,13 +127,7 @@ class PostgresStore:
             ConfigError: a name is not a lower-case SQL identifier, or a size is out of range.
         """
         schema = schema or None  # "?schema=" means the default, not an empty identifier
-        for what, name in (("schema", schema), ("table_prefix", table_prefix)):
-            # Empty prefix is fine; anything else is checked because it is spliced into SQL.
-            if name and not _IDENTIFIER.fullmatch(name):
-                raise ConfigError(
-                    f"PostgreSQL {what} {name!r} must be lower-case letters, digits and "
-                    "underscores, not starting with a digit."
-                )
+        check_identifiers(schema=schema, table_prefix=table_prefix)
         if schema is not None and len(schema) > 63:
             raise ConfigError(f"PostgreSQL schema {schema!r} is longer than 63 bytes.")
         if len(table_prefix) + len("messages_expires_idx") > 63:
@@ -256,7 +244,7 @@ class PostgresStore:
                 if pool is not None:
                     pool.terminate()
                 if isinstance(exc, Exception):
-                    raise _map_error(exc, "open") from exc
+                    raise map_error(exc, "open") from exc
                 raise
             self._pool = pool
             self._state = "open"
@@ -311,7 +299,7 @@ class PostgresStore:
         try:
             rows = await self._call("fetch", sql, *params)
         except Exception as exc:
-            raise _map_error(exc, "list_messages") from exc
+            raise map_error(exc, "list_messages") from exc
         return [MessageRecord(*row) for row in rows]
 
     async def get_message(
@@ -322,7 +310,7 @@ class PostgresStore:
         try:
             row = await self._call("fetchrow", self._get_sql, channel, message_id, now_ms)
         except Exception as exc:
-            raise _map_error(exc, "get_message") from exc
+            raise map_error(exc, "get_message") from exc
         return None if row is None else MessageRecord(*row)
 
     async def sweep(self, *, now_ms: int, limit: int = 1000) -> int:
@@ -336,7 +324,7 @@ class PostgresStore:
         try:
             status: str = await self._call("execute", self._sweep_sql, now_ms, limit)
         except Exception as exc:
-            raise _map_error(exc, "sweep") from exc
+            raise map_error(exc, "sweep") from exc
         return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
 
     async def aclose(self) -> None:
@@ -383,10 +371,7 @@ class PostgresStore:
 
     async def _migrate(self, conn: Any) -> None:
         async with conn.transaction():
-            # Held until commit: concurrent openers wait here, then see the finished schema.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
-            if self._schema is not None:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+            await begin_migration(conn, self._schema)
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._version_table} ("
                 "singleton bool PRIMARY KEY DEFAULT true CHECK (singleton), "
@@ -458,7 +443,7 @@ class PostgresStore:
             await self._insert([record for records in calls for record in records])
             return [None] * len(calls)
         except Exception as exc:
-            error = _map_error(exc, "append")
+            error = map_error(exc, "append")
             if len(calls) == 1 or isinstance(error, StoreUnavailable):
                 return [error] * len(calls)
         outcomes: list[StoreError | None] = []
@@ -467,7 +452,7 @@ class PostgresStore:
                 await self._insert(records)
                 outcomes.append(None)
             except Exception as exc:
-                outcomes.append(_map_error(exc, "append"))
+                outcomes.append(map_error(exc, "append"))
         return outcomes
 
     async def _insert(self, records: Sequence[MessageRecord]) -> None:
@@ -505,34 +490,6 @@ class PostgresStore:
             f"SELECT {_COLUMNS} FROM {self.messages_table} WHERE {' AND '.join(where)} "
             f"ORDER BY id {order} LIMIT ${n + 2}"
         )
-
-
-def _map_error(exc: BaseException, action: str) -> StoreError:
-    """Sort a driver error into "cannot reach the server now" and "anything else"."""
-    if isinstance(exc, StoreError):
-        return exc
-    import asyncpg
-
-    message = f"PostgreSQL {action} failed: {type(exc).__name__}: {exc}"
-    unavailable = (
-        OSError,  # refused, unreachable, DNS failure, reset
-        TimeoutError,  # connect_timeout or command_timeout
-        asyncpg.PostgresConnectionError,  # class 08, incl. ConnectionDoesNotExistError
-        asyncpg.CannotConnectNowError,  # starting up or shutting down
-        asyncpg.AdminShutdownError,
-        asyncpg.CrashShutdownError,
-        asyncpg.TooManyConnectionsError,
-        asyncpg.ReadOnlySQLTransactionError,  # a failover left us on a standby
-    )
-    # InternalClientError: what asyncpg raises when the server kills a connection in the middle
-    # of a message exchange; the pool discards that connection, so a retry can succeed.
-    if isinstance(exc, unavailable) or isinstance(exc, asyncpg.InternalClientError):
-        return StoreUnavailable(message)
-    # A closed pool or connection is an InterfaceError; argument errors are too, but they also
-    # subclass ValueError and are our bug, not an outage.
-    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):
-        return StoreUnavailable(message)
-    return StoreError(message)
 
 
 _: type[Store] = PostgresStore
