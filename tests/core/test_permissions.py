@@ -597,6 +597,24 @@ def test_permissions_can_publish_with_subscribe_token_publish_grant() -> None:
     assert layered.can_publish("c", "e", subscribed=True) is True
 
 
+def test_permissions_publish_policy_resolves_everything_once() -> None:
+    """publish_policy agrees with the single-directive answers and is cached per key."""
+    layered = perms({"c.*": messages("e", publish=True, echo=True, store=60, emitPubSubEvent=True)})
+    policy = layered.publish_policy("c.1", "e", subscribed=True)
+    assert policy == (True, True, 60, True)
+    assert layered.publish_policy("c.1", "e", subscribed=True) is policy
+    assert layered.publish_policy("c.1", "e", subscribed=False) == (False, False, 0, False)
+    assert layered.publish_policy("c.1", "other", subscribed=True).allowed is False
+
+
+def test_permissions_publish_policy_cache_stays_bounded() -> None:
+    """A client cycling through many channels never grows the cache past its bound."""
+    layered = perms({"c.*": messages("e", publish=True)})
+    for n in range(200):
+        assert layered.publish_policy(f"c.{n}", "e", subscribed=True).allowed is True
+    assert len(layered._policies) <= 64
+
+
 def test_grants_parse_error_quotes_long_keys_briefly() -> None:
     """Errors name the offending key by its start only."""
     long_key = "room." + "x" * 200 + "*"

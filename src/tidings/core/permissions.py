@@ -24,13 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 from tidings.core.names import STORE_MAX_SECONDS, is_valid_channel
 from tidings.core.patterns import Pattern, compile_key
 from tidings.errors import TokenError
 
-__all__ = ["Grants", "Permissions"]
+__all__ = ["Grants", "Permissions", "PublishPolicy"]
 
 _T = TypeVar("_T")
 
@@ -272,6 +272,20 @@ class Grants:
 Grants.EMPTY = Grants((), {}, ())
 
 
+class PublishPolicy(NamedTuple):
+    """Every directive a client message needs, resolved once (spec §3.12)."""
+
+    allowed: bool
+    echo: bool  # the sender gets its own copy
+    store_seconds: int  # 0 not stored, -1 forever
+    emit_event: bool  # emitPubSubEvent
+
+
+# Distinct (channel, event, subscribed) decisions kept per Permissions; a client that cycles
+# through more names than this only loses the cache, never correctness.
+_POLICY_CACHE_MAX = 64
+
+
 class Permissions:
     """The directives in force for one connection or subscription (spec §3.11, §3.12).
 
@@ -281,13 +295,15 @@ class Permissions:
     ``autoSubscribe`` are only ever read from the connect token.
     """
 
-    __slots__ = ("connect", "subscribe")
+    __slots__ = ("_policies", "connect", "subscribe")
 
     def __init__(self, connect: Grants, subscribe: Grants | None = None) -> None:
         # Grants of the connect token; the base layer, and the only source of broadcast.
         self.connect = connect
         # Grants of the subscribe token that created the subscription, if any.
         self.subscribe = subscribe
+        # publish_policy() answers: tokens are immutable, so a decision never goes stale.
+        self._policies: dict[tuple[str, str, bool], PublishPolicy] = {}
 
     # Public methods
 
@@ -328,6 +344,25 @@ class Permissions:
         if self.connect.message_flag(channel, event, "broadcast"):
             return True
         return bool(publish) and subscribed
+
+    def publish_policy(self, channel: str, event: str, *, subscribed: bool) -> PublishPolicy:
+        """``can_publish``, ``echo``, ``store_seconds`` and ``emit_pubsub`` at once, cached: a
+        chat client sends the same event to the same channel over and over, and each of these
+        is a pattern match over the token's keys."""
+        key = (channel, event, subscribed)
+        policy = self._policies.get(key)
+        if policy is None:
+            allowed = self.can_publish(channel, event, subscribed=subscribed)
+            policy = PublishPolicy(
+                allowed,
+                allowed and self.echo(channel, event),
+                self.store_seconds(channel, event) if allowed else 0,
+                allowed and self.emit_pubsub(channel, event),
+            )
+            if len(self._policies) >= _POLICY_CACHE_MAX:
+                self._policies.clear()
+            self._policies[key] = policy
+        return policy
 
     def echo(self, channel: str, event: str) -> bool:
         """Whether the sender receives its own message (meaningful once publishing is allowed)."""

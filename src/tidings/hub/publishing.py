@@ -132,7 +132,8 @@ class Publisher:
             raise
         sub = conn.subscriptions.get(channel)
         perms = sub.permissions if sub is not None else conn.permissions
-        if not perms.can_publish(channel, event, subscribed=sub is not None):
+        policy = perms.publish_policy(channel, event, subscribed=sub is not None)
+        if not policy.allowed:
             raise ProtocolError(
                 ErrorCode.PUBLISH_PERMISSION_DENIED,
                 f"publish of event {event!r} not permitted for channel",
@@ -146,13 +147,13 @@ class Publisher:
             meta_json=protocol.meta_json(uid, umd_json),
             uid=uid,
             umd_json=umd_json,
-            store_seconds=perms.store_seconds(channel, event),
-            exclude=None if perms.echo(channel, event) else conn.id,
+            store_seconds=policy.store_seconds,
+            exclude=None if policy.echo else conn.id,
             trigger=trigger,
             connection_id=conn.id,
             source_ip=conn.source_ip,
             user_agent=conn.user_agent,
-            emit_event=perms.emit_pubsub(channel, event),
+            emit_event=policy.emit_event,
         )
         future = self.enqueue(pub)
         if trigger == "client.websocket":
