@@ -3,7 +3,6 @@ Outlet instead of a socket."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -25,10 +24,8 @@ class RecordingOutlet:
         self.frames: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
         self.paused = False
-        self.writes = 0  # write calls: frames of one loop turn leave in one
 
     def write(self, frames: Sequence[Frame]) -> None:
-        self.writes += 1
         self.frames.extend(orjson.loads(f.payload) for f in frames)
 
     def writable(self) -> bool:
@@ -40,10 +37,8 @@ class RecordingOutlet:
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
-    async def take(self, event: str | None = None) -> list[dict[str, Any]]:
-        """Frames written by the end of this loop turn (of ``event`` only, when given); forgets
-        all of them."""
-        await asyncio.sleep(0)  # connections write at the start of the next turn
+    def take(self, event: str | None = None) -> list[dict[str, Any]]:
+        """Frames written so far (of ``event`` only, when given); forgets all of them."""
         taken = [f for f in self.frames if event is None or f["event"] == event]
         self.frames.clear()
         return taken
@@ -67,7 +62,7 @@ class HubHarness:
         for c in claims:
             conn, outlet = await self.connect(c)
             await self.send(conn, {"event": "hotsock.subscribe", "channel": channel})
-            await outlet.take()
+            outlet.take()
             made.append((conn, outlet))
         return made
 

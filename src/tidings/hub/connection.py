@@ -4,9 +4,7 @@ that enforces its lifetime, idle and heartbeat deadlines (spec §4.5, §4.6)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,8 +18,6 @@ from tidings.errors import CloseCode
 from tidings.hub.outbound import Frame, Outlet
 
 __all__ = ["Connection", "Subscription", "arm_watchdog"]
-
-log = logging.getLogger("tidings.hub")
 
 
 @dataclass(slots=True)
@@ -42,11 +38,8 @@ class Subscription:
 class Connection:
     """A live client connection. The hub owns it; the WebSocket adapter feeds it frames.
 
-    Frames queued during one event-loop turn, from any channels, leave in one write at the start
-    of the next turn (the connection is "corked" meanwhile), so a subscriber of many busy rooms
-    costs one system call per turn rather than one per message. While the transport keeps up
-    they go straight to it; once it pauses, they wait in a bounded backlog drained by one
-    short-lived task. A backlog over its bound
+    Frames are written straight to the transport while it keeps up; once the transport pauses,
+    they wait in a bounded backlog drained by one short-lived task. A backlog over its bound
     closes the connection with 1013 (slow consumer) without waiting for the peer.
 
     ``__slots__`` and the lazily created backlog keep an idle connection small: thousands of them
@@ -60,7 +53,6 @@ class Connection:
         "_max_bytes",
         "_max_frames",
         "_outlet",
-        "_pending",
         "claims",
         "closed",
         "connected_ms",
@@ -115,7 +107,6 @@ class Connection:
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._flusher: asyncio.Task[None] | None = None
-        self._pending: list[Frame] | None = None  # frames of this turn, written by the corker
 
     # Public methods
 
@@ -125,33 +116,27 @@ class Connection:
         self.send_many((frame,))
 
     def send_many(self, frames: Sequence[Frame]) -> None:
-        """Queue frames in order; never blocks. They leave at the start of the next loop turn;
-        over the backlog bound, the connection is closed 1013. The caller keeps
-        ``last_activity`` current (fan-out reads the clock once per batch)."""
+        """Queue frames in order; never blocks. Over the bound, the connection is closed 1013.
+        The caller keeps ``last_activity`` current (fan-out reads the clock once per batch)."""
         if self.closed or not frames:
             return
-        if self._pending is None:
-            self._pending = list(frames)
-            _corker().add(self)
-        else:
-            self._pending.extend(frames)
-
-    def uncork(self) -> None:
-        """Write this turn's frames now (the corker calls it)."""
-        frames = self._pending
-        self._pending = None
-        if frames and not self.closed:
-            self._send_now(frames)
+        if not self._backlog and self._outlet.writable():
+            self._outlet.write(frames)
+            return
+        if self._backlog is None:
+            self._backlog = deque()
+        self._backlog.extend(frames)
+        self._backlog_bytes += sum(len(f) for f in frames)
+        if len(self._backlog) > self._max_frames or self._backlog_bytes > self._max_bytes:
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        elif self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     def close(self, code: int, reason: str) -> None:
-        """Start closing; idempotent and non-blocking. Frames of this turn still go out first
-        unless the transport is stuck. The adapter then reports the end to the hub, which
-        removes the subscriptions."""
+        """Start closing; idempotent and non-blocking. The adapter then reports the end to the
+        hub, which removes the subscriptions."""
         if self.closed:
             return
-        if self._pending and not self._backlog and self._outlet.writable():
-            self._outlet.write(self._pending)
-        self._pending = None
         self.closed = True
         self._backlog = None
         if self.timer is not None:
@@ -176,19 +161,6 @@ class Connection:
 
     # Private methods
 
-    def _send_now(self, frames: Sequence[Frame]) -> None:
-        if not self._backlog and self._outlet.writable():
-            self._outlet.write(frames)
-            return
-        if self._backlog is None:
-            self._backlog = deque()
-        self._backlog.extend(frames)
-        self._backlog_bytes += sum(len(f) for f in frames)
-        if len(self._backlog) > self._max_frames or self._backlog_bytes > self._max_bytes:
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
-        elif self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-
     async def _flush(self) -> None:
         try:
             while self._backlog and not self.closed:
@@ -201,50 +173,6 @@ class Connection:
                 self._outlet.write(frames)
         finally:
             self._flusher = None
-
-
-class _Corker:
-    """The connections that queued frames this loop turn; uncorked together at the start of
-    the next turn, so each writes once whatever number of channels it heard from."""
-
-    __slots__ = ("_dirty", "_loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._dirty: list[Connection] = []
-
-    def add(self, conn: Connection) -> None:
-        if not self._dirty:
-            self._loop.call_soon(self._uncork_all)
-        self._dirty.append(conn)
-
-    def _uncork_all(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            try:
-                conn.uncork()
-            except Exception:  # one broken transport must not silence the others
-                log.exception("! writing to connection %s failed", conn.id)
-                conn.close(CloseCode.INTERNAL_ERROR, "write failed")
-
-
-_corkers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Corker] = (
-    weakref.WeakKeyDictionary()
-)
-_last: tuple[asyncio.AbstractEventLoop, _Corker] | None = None  # skips the lookup per frame
-
-
-def _corker() -> _Corker:
-    global _last
-    loop = asyncio.get_running_loop()
-    last = _last
-    if last is not None and last[0] is loop:
-        return last[1]
-    corker = _corkers.get(loop)
-    if corker is None:
-        corker = _corkers[loop] = _Corker(loop)
-    _last = (loop, corker)
-    return corker
 
 
 def arm_watchdog(conn: Connection, timeouts: TimeoutSettings) -> None:
