@@ -283,7 +283,7 @@ class PublishPolicy(NamedTuple):
 
 # Distinct (channel, event, subscribed) decisions kept per Permissions; a client that cycles
 # through more names than this only loses the cache, never correctness.
-_POLICY_CACHE_MAX = 64
+_POLICY_CACHE_MAX = 256
 
 
 class Permissions:
