@@ -11,6 +11,8 @@ from tidings.core.names import (
     validate_data,
     validate_event,
     validate_store,
+    validate_uid,
+    validate_umd,
 )
 from tidings.errors import ErrorCode, ProtocolError
 
@@ -90,3 +92,37 @@ def test_sent_name_returns_strings_as_they_are() -> None:
         sent_name(None)
     with pytest.raises(ProtocolError, match="channel must be a string"):
         sent_name(5)
+
+
+@pytest.mark.parametrize("uid", ["Jim", "x" * 128, "😀"])
+def test_uid_valid(uid: str) -> None:
+    """A request-body uid is any non-empty string up to 128 characters."""
+    assert validate_uid(uid) == uid
+
+
+@pytest.mark.parametrize(
+    "value,code",
+    [
+        (None, ErrorCode.USER_ID_REQUIRED),
+        ("", ErrorCode.USER_ID_REQUIRED),
+        (5, ErrorCode.INVALID_MESSAGE),
+        (["Jim"], ErrorCode.INVALID_MESSAGE),
+        ("x" * 129, ErrorCode.INVALID_MESSAGE),
+    ],
+)
+def test_uid_invalid(value: object, code: ErrorCode) -> None:
+    """A missing uid is USER_ID_REQUIRED; a wrong type or length is INVALID_MESSAGE."""
+    with pytest.raises(ProtocolError) as info:
+        validate_uid(value)
+    assert info.value.code is code
+
+
+def test_umd_limit_is_one_kib() -> None:
+    """umd encodes compactly and may take exactly 1024 bytes, not one more."""
+    assert validate_umd(None) == b"null"
+    assert validate_umd({"a": [1, 2]}) == b'{"a":[1,2]}'
+    at_limit = "x" * (1024 - 2)
+    assert len(validate_umd(at_limit)) == 1024
+    with pytest.raises(ProtocolError) as info:
+        validate_umd(at_limit + "x")
+    assert info.value.code is ErrorCode.INVALID_MESSAGE and "1025 bytes" in info.value.message

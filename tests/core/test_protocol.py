@@ -25,6 +25,18 @@ from tidings.errors import ErrorCode, ProtocolError
         ('{"event":"hotsock.unsubscribe","channel":"c"}', protocol.Unsubscribe("c")),
         ('{"channel":"c","event":"e","data":[1]}', protocol.ClientMessage("c", "e", [1])),
         ('{"event":"e"}', protocol.ClientMessage(None, "e", None)),
+        (
+            '{"event":"hotsock.messageReaction","channel":"c","data":{"reaction":"x"}}',
+            protocol.MessageReaction("c", {"reaction": "x"}),
+        ),
+        ('{"event":"hotsock.messageReaction"}', protocol.MessageReaction(None, None)),
+        (
+            '{"event":"hotsock.umdUpdate","channel":"c","data":{"token":"t"}}',
+            protocol.UmdUpdate("c", "t"),
+        ),
+        ('{"event":"hotsock.umdUpdate","data":{"token":5}}', protocol.UmdUpdate(None, 5)),
+        ('{"event":"hotsock.umdUpdate"}', protocol.UmdUpdate(None, None)),
+        ('{"event":"hotsock.umdUpdate","data":{}}', protocol.UmdUpdate(None, None)),
     ],
 )
 def test_parse_client_frame_commands(text: str, command: protocol.Command) -> None:
@@ -49,6 +61,8 @@ def test_parse_client_frame_commands(text: str, command: protocol.Command) -> No
             ErrorCode.INVALID_SUBSCRIBE_TOKEN,
             "c",
         ),
+        ('{"event":"hotsock.umdUpdate","channel":"c","data":"t"}', ErrorCode.INVALID_MESSAGE, "c"),
+        ('{"event":"hotsock.umdUpdate","data":[]}', ErrorCode.INVALID_MESSAGE, None),
     ],
 )
 def test_parse_client_frame_errors(text: str, code: ErrorCode, channel: str | None) -> None:

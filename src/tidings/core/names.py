@@ -21,6 +21,8 @@ __all__ = [
     "validate_data",
     "validate_event",
     "validate_store",
+    "validate_uid",
+    "validate_umd",
 ]
 
 Channel = NewType("Channel", str)
@@ -116,3 +118,30 @@ def validate_store(value: object, *, field: str = "store") -> int:
             ErrorCode.INVALID_MESSAGE, f"{field} must be -1, 0 or up to {STORE_MAX_SECONDS} seconds"
         )
     return value
+
+
+def validate_uid(value: object, *, field: str = "uid") -> str:
+    """Return a user ID given in a request body (not a token): a non-empty string of at most
+    128 characters. Absent or empty raises ``USER_ID_REQUIRED``, anything else
+    ``INVALID_MESSAGE``."""
+    if value is None or value == "":
+        raise ProtocolError(ErrorCode.USER_ID_REQUIRED, f"{field} is required")
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{field} must be a string")
+    if len(value) > UID_MAX_CHARS:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"{field} must be at most {UID_MAX_CHARS} characters"
+        )
+    return value
+
+
+def validate_umd(value: Any, *, field: str = "umd") -> bytes:
+    """Encode user metadata given in a request body and check the 1 KiB limit; returns the
+    compact encoding."""
+    encoded = dumps(value)
+    if len(encoded) > UMD_MAX_BYTES:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"{field} is {len(encoded)} bytes; the limit is {UMD_MAX_BYTES}",
+        )
+    return encoded

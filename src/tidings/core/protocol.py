@@ -16,9 +16,11 @@ __all__ = [
     "ClientMessage",
     "Command",
     "Heartbeat",
+    "MessageReaction",
     "Ping",
     "Pong",
     "Subscribe",
+    "UmdUpdate",
     "Unsubscribe",
     "connected_frame",
     "error_frame",
@@ -67,7 +69,26 @@ class ClientMessage:
     data: Any
 
 
-Command = Subscribe | Unsubscribe | Ping | Pong | Heartbeat | ClientMessage
+@dataclass(frozen=True, slots=True)
+class MessageReaction:
+    """``hotsock.messageReaction`` (spec §12); ``data`` is checked by ``core.reactions``."""
+
+    channel: str | None  # as the client sent it (may be an alias)
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class UmdUpdate:
+    """``hotsock.umdUpdate`` (spec §13): per subscription when ``channel`` is given, else for
+    the connection."""
+
+    channel: str | None  # as the client sent it (may be an alias)
+    token: Any  # verified by the hub; anything but a valid umd token is INVALID_UMD_TOKEN
+
+
+Command = (
+    Subscribe | Unsubscribe | Ping | Pong | Heartbeat | ClientMessage | MessageReaction | UmdUpdate
+)
 
 _SIMPLE: dict[str, Command] = {
     "hotsock.ping": Ping(),
@@ -107,6 +128,10 @@ def parse_client_frame(text: str | bytes) -> Command:
         if event == "hotsock.unsubscribe":
             return Unsubscribe(channel)
         return Subscribe(channel, _subscribe_token(frame.get("data"), channel))
+    if event == "hotsock.messageReaction":
+        return MessageReaction(channel, frame.get("data"))
+    if event == "hotsock.umdUpdate":
+        return UmdUpdate(channel, _umd_token(frame.get("data"), sent_channel))
     if event.startswith("hotsock."):
         raise ProtocolError(
             ErrorCode.INVALID_EVENT, f"unknown or unsupported event {event!r}", channel=sent_channel
@@ -125,6 +150,14 @@ def _subscribe_token(data: Any, channel: str) -> str | None:
             ErrorCode.INVALID_SUBSCRIBE_TOKEN, "token must be a string", channel=channel
         )
     return token
+
+
+def _umd_token(data: Any, channel: str | None) -> Any:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "data must be an object", channel=channel)
+    return data.get("token")
 
 
 # Server frames. Field order mirrors Hotsock's examples (spec §0).
