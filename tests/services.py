@@ -115,7 +115,8 @@ async def postgres_schema(label: str = "") -> AsyncIterator[str]:
 async def drop_store_tables(table_prefix: str) -> None:
     """Drop the tables a ``PostgresStore`` with ``table_prefix`` made in the default schema."""
     await postgres_execute(
-        f'DROP TABLE IF EXISTS "{table_prefix}messages", "{table_prefix}schema_version"'
+        f'DROP TABLE IF EXISTS "{table_prefix}messages", "{table_prefix}reactions", '
+        f'"{table_prefix}schema_version"'
     )
 
 

@@ -25,6 +25,7 @@ def test_public_modules_declare_all() -> None:
         "tidings.core.permissions",
         "tidings.core.patterns",
         "tidings.core.presence",
+        "tidings.core.reactions",
         "tidings.hub.hub",
         "tidings.hub.publishing",
         "tidings.hub.subscriptions",

@@ -19,7 +19,13 @@ from tests.services import POSTGRES_URL, drop_store_tables, postgres_schema
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store import open_store
 from tidings.store.postgres import PostgresStore
-from tidings.testing.store_contract import T0, StoreContract, StoreFactory, make_record
+from tidings.testing.store_contract import (
+    T0,
+    StoreContract,
+    StoreFactory,
+    make_reaction,
+    make_record,
+)
 
 
 @pytest_asyncio.fixture
@@ -93,6 +99,42 @@ async def test_postgres_store_refuses_newer_schema(schema: str) -> None:
     with pytest.raises(StoreError, match="newer"):
         await newer.open()
     await newer.aclose()
+
+
+@pytest.mark.integration
+async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
+    """A schema made before reactions existed keeps its messages and gains reactions."""
+    from tidings.store.postgres import _migrations
+
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    message = make_record()
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        for statement in _migrations(store.messages_table, "tidings_", store.reactions_table)[1]:
+            await conn.execute(statement)
+        await conn.execute(
+            f'CREATE TABLE "{schema}"."tidings_schema_version" (singleton bool PRIMARY KEY '
+            "DEFAULT true CHECK (singleton), version int NOT NULL)"
+        )
+        await conn.execute(f'INSERT INTO "{schema}"."tidings_schema_version" VALUES (true, 1)')
+        await conn.execute(
+            f"INSERT INTO {store.messages_table} VALUES ($1, 'room.1', 'chat', '\"hi\"', NULL, "
+            "'null', $2, NULL, 'server.http', NULL, NULL, NULL)",
+            message.id,
+            T0,
+        )
+    finally:
+        await conn.close()
+    await store.open()
+    try:
+        assert await store.list_messages("room.1", now_ms=T0) == [message]
+        reaction = make_reaction(message)
+        assert await store.apply_reactions([reaction], now_ms=T0) == [reaction]
+    finally:
+        await store.aclose()
 
 
 @pytest.mark.integration

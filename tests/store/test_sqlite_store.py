@@ -17,11 +17,12 @@ import pytest
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store import open_store
 from tidings.store.base import lower_bound
-from tidings.store.sqlite import SqliteStore, _list_sql
+from tidings.store.sqlite import _MIGRATIONS, SqliteStore, _list_sql
 from tidings.testing.store_contract import (
     T0,
     StoreContract,
     StoreFactory,
+    make_reaction,
     make_record,
     ulid_at,
 )
@@ -318,6 +319,63 @@ async def test_sqlite_store_refuses_newer_schema(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer"):
         await store.open()
     await store.aclose()
+
+
+async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
+    """A file written before reactions existed keeps its messages and gains reactions."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as raw:
+        for statement in _MIGRATIONS[1]:
+            raw.execute(statement)
+        raw.execute(
+            "INSERT INTO messages VALUES (?, 'room.1', 'chat', '\"hi\"', NULL, 'null', ?, NULL, "
+            "'server.http', NULL, NULL, NULL)",
+            (ulid_at(T0), T0),
+        )
+        raw.execute("PRAGMA user_version = 1")
+    raw.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        [message] = await store.list_messages("room.1", now_ms=T0)
+        assert message == make_record()
+        reaction = make_reaction(message)
+        assert await store.apply_reactions([reaction], now_ms=T0) == [reaction]
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+    raw.close()
+
+
+async def test_sqlite_store_reaction_queries_seek_the_primary_key(tmp_path: Path) -> None:
+    """Reading a page's reactions seeks the primary key per message, and sweeping them uses
+    the expiry index."""
+    store = SqliteStore(tmp_path / "t.db")
+    await store.open()
+    await store.aclose()
+    ids = [ulid_at(T0 + i) for i in range(100)]
+    marks = ", ".join("?" * len(ids))
+    with sqlite3.connect(tmp_path / "t.db") as raw:
+        plan = " | ".join(
+            row[3]
+            for row in raw.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM reactions WHERE channel = ? "
+                f"AND message_id IN ({marks}) AND (expires_ms IS NULL OR expires_ms > ?) "
+                "ORDER BY message_id, id",
+                ["room.1", *ids, T0],
+            )
+        )
+        sweep_plan = " | ".join(
+            row[3]
+            for row in raw.execute(
+                "EXPLAIN QUERY PLAN SELECT channel FROM reactions WHERE expires_ms <= ? LIMIT ?",
+                [T0, 10],
+            )
+        )
+    raw.close()
+    assert "PRIMARY KEY (channel=? AND message_id=?)" in plan, plan
+    assert "reactions_expires" in sweep_plan, sweep_plan
 
 
 def test_sqlite_store_rejects_in_memory_paths() -> None:

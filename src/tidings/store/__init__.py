@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tidings.store.base import MessageRecord, Store
+from tidings.store.base import MessageRecord, ReactionRecord, ReactionRemoval, Store
 
-__all__ = ["MessageRecord", "Store", "open_store"]
+__all__ = ["MessageRecord", "ReactionRecord", "ReactionRemoval", "Store", "open_store"]
 
 
 def open_store(url: str) -> Store:

@@ -1,4 +1,5 @@
-"""The ``Store`` interface: durable message history with per-message TTL (spec §9).
+"""The ``Store`` interface: durable message history with per-message TTL (spec §9), and the
+reactions on stored messages (spec §12).
 
 Every backend (``memory://``, ``sqlite:///…``, ``postgresql://…``) passes the contract suite in
 ``tidings.testing.store_contract``.
@@ -10,7 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["MessageRecord", "Store", "lower_bound"]
+__all__ = [
+    "MessageRecord",
+    "ReactionChange",
+    "ReactionRecord",
+    "ReactionRemoval",
+    "Store",
+    "lower_bound",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +42,44 @@ class MessageRecord:
     connection_id: str | None = None
     source_ip: str | None = None
     user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionRecord:
+    """One stored reaction (spec §12): at most one per (channel, message, uid, reaction value).
+
+    It inherits its message's expiry, so it vanishes with the message without a removal event.
+    The request fields describe the request that added it: the backend event of a later removal
+    reports them (spec §17.2).
+    """
+
+    id: str  # ULID of the event that announced it; IDs sort in creation order
+    channel: str
+    message_id: str
+    reaction: str
+    uid: str
+    umd: str  # JSON text, "null" when absent
+    created_ms: int  # Unix milliseconds
+    expires_ms: int | None  # the message's expiry; None = never expires
+    trigger: str  # client.websocket | client.http | server.http | server.lambda
+    request_id: str | None = None
+    connection_id: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionRemoval:
+    """Remove the reaction ``reaction`` of ``uid`` from a message."""
+
+    channel: str
+    message_id: str
+    uid: str
+    reaction: str
+
+
+ReactionChange = ReactionRecord | ReactionRemoval
+"""What ``Store.apply_reactions`` takes: a record to add, or a removal."""
 
 
 class Store(Protocol):
@@ -80,6 +126,41 @@ class Store(Protocol):
 
     async def sweep(self, *, now_ms: int, limit: int = 1000) -> int:
         """Physically delete at most ``limit`` expired records; return how many were deleted."""
+        ...
+
+    async def apply_reactions(
+        self, changes: Sequence[ReactionChange], *, now_ms: int
+    ) -> list[ReactionRecord | None]:
+        """Apply ``changes`` in order, atomically and durably, and report what each did.
+
+        Adding returns the record when it was stored, None when an unexpired reaction with the
+        same (channel, message, uid, reaction) exists (a repeated add changes nothing; an
+        expired one is replaced). Removing returns the unexpired record it deleted, None when
+        there was none. The store does not check that the message exists: the caller has.
+
+        Raises:
+            StoreUnavailable: the backend cannot be reached; nothing was applied.
+            StoreError: any other failure; nothing was applied.
+        """
+        ...
+
+    async def reaction_counts(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[tuple[str, int]]]:
+        """Count the unexpired reactions of each of ``message_ids`` in one query: message ID ->
+        (reaction, count) pairs, values ordered by their first reaction. Messages without
+        reactions are absent."""
+        ...
+
+    async def list_reactions(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[ReactionRecord]]:
+        """The unexpired reactions of each of ``message_ids`` in one query, each list in
+        creation (ID) order. Messages without reactions are absent."""
+        ...
+
+    async def sweep_reactions(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Physically delete at most ``limit`` expired reactions; return how many."""
         ...
 
     async def aclose(self) -> None:

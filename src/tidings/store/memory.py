@@ -2,6 +2,7 @@
 
 Nothing survives the process. Each channel keeps its IDs in a sorted list, so a page is two
 ``bisect`` calls and a slice walk, like the B-tree range scans of the persistent backends.
+Reactions live in a dict per message, keyed like the persistent backends' primary key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ import heapq
 from collections.abc import Iterator, Sequence
 
 from tidings.errors import StoreUnavailable
-from tidings.store.base import MessageRecord, Store
+from tidings.store.base import (
+    MessageRecord,
+    ReactionChange,
+    ReactionRecord,
+    ReactionRemoval,
+    Store,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -55,6 +62,11 @@ class MemoryStore:
         self._channels: dict[str, _Channel] = {}
         # (expires_ms, channel, id) min-heap so that sweep() never scans unexpired records.
         self._expiry: list[tuple[int, str, str]] = []
+        # (channel, message ID) -> (uid, reaction) -> record
+        self._reactions: dict[tuple[str, str], dict[tuple[str, str], ReactionRecord]] = {}
+        # (expires_ms, reaction ID, channel, message ID, uid, reaction): sweep_reactions' heap;
+        # an entry whose record was removed or replaced since is skipped
+        self._reaction_expiry: list[tuple[int, str, str, str, str, str]] = []
         self._closed = False
 
     # Public methods
@@ -142,17 +154,100 @@ class MemoryStore:
             deleted += 1
         return deleted
 
+    async def apply_reactions(
+        self, changes: Sequence[ReactionChange], *, now_ms: int
+    ) -> list[ReactionRecord | None]:
+        """See ``Store.apply_reactions``."""
+        self._check_open()
+        outcomes: list[ReactionRecord | None] = []
+        for change in changes:
+            message = (change.channel, change.message_id)
+            key = (change.uid, change.reaction)
+            current = self._reactions.get(message, {}).get(key)
+            if current is not None and not _live(current.expires_ms, now_ms):
+                current = None
+            if isinstance(change, ReactionRemoval):
+                if current is not None:
+                    reactions = self._reactions[message]
+                    del reactions[key]
+                    if not reactions:
+                        del self._reactions[message]
+                outcomes.append(current)
+                continue
+            if current is not None:
+                outcomes.append(None)
+                continue
+            self._reactions.setdefault(message, {})[key] = change
+            if change.expires_ms is not None:
+                heapq.heappush(
+                    self._reaction_expiry, (change.expires_ms, change.id, *message, *key)
+                )
+            outcomes.append(change)
+        return outcomes
+
+    async def reaction_counts(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[tuple[str, int]]]:
+        """See ``Store.reaction_counts``."""
+        counts: dict[str, list[tuple[str, int]]] = {}
+        for message_id, records in (
+            await self.list_reactions(channel, message_ids, now_ms=now_ms)
+        ).items():
+            tally: dict[str, int] = {}
+            for record in records:  # in creation order, so values follow their first reaction
+                tally[record.reaction] = tally.get(record.reaction, 0) + 1
+            counts[message_id] = list(tally.items())
+        return counts
+
+    async def list_reactions(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[ReactionRecord]]:
+        """See ``Store.list_reactions``."""
+        self._check_open()
+        found: dict[str, list[ReactionRecord]] = {}
+        for message_id in message_ids:
+            reactions = self._reactions.get((channel, message_id))
+            if not reactions:
+                continue
+            live = [r for r in reactions.values() if _live(r.expires_ms, now_ms)]
+            if live:
+                found[message_id] = sorted(live, key=lambda r: r.id)
+        return found
+
+    async def sweep_reactions(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Delete at most ``limit`` reactions with ``expires_ms <= now_ms``; return the count."""
+        self._check_open()
+        deleted = 0
+        expiry = self._reaction_expiry
+        while deleted < limit and expiry and expiry[0][0] <= now_ms:
+            _, reaction_id, channel, message_id, uid, reaction = heapq.heappop(expiry)
+            reactions = self._reactions.get((channel, message_id), {})
+            current = reactions.get((uid, reaction))
+            if current is None or current.id != reaction_id:
+                continue  # removed or replaced since
+            del reactions[(uid, reaction)]
+            if not reactions:
+                del self._reactions[(channel, message_id)]
+            deleted += 1
+        return deleted
+
     async def aclose(self) -> None:
         """Drop all records. Idempotent."""
         self._closed = True
         self._channels.clear()
         self._expiry.clear()
+        self._reactions.clear()
+        self._reaction_expiry.clear()
 
     # Private methods
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable("the memory store is closed")
+
+
+def _live(expires_ms: int | None, now_ms: int) -> bool:
+    return expires_ms is None or expires_ms > now_ms
 
 
 _: type[Store] = MemoryStore

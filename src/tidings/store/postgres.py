@@ -13,6 +13,9 @@ Shape:
   primary key ``(channel, id)`` that serves page scans in both directions, and a partial index on
   ``expires_ms`` for the sweeper. ``open()`` migrates under ``pg_advisory_xact_lock``, so nodes
   starting together do not race on ``CREATE TABLE``; the version is in ``<prefix>schema_version``.
+* **Reactions** (version 2): ``<prefix>reactions`` keyed by ``(channel, message_id, uid,
+  reaction)``, the one-per-user rule and the seek of a page's reactions (``= ANY($2)``). One
+  ``apply_reactions()`` call is one transaction.
 """
 
 from __future__ import annotations
@@ -25,13 +28,20 @@ from typing import Any
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store._pg import begin_migration, check_identifiers, map_error
-from tidings.store.base import MessageRecord, Store, lower_bound
+from tidings.store.base import (
+    MessageRecord,
+    ReactionChange,
+    ReactionRecord,
+    ReactionRemoval,
+    Store,
+    lower_bound,
+)
 
 __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -54,9 +64,27 @@ _UNNEST_TYPES = (
 )
 
 
-def _migrations(messages: str, prefix: str) -> dict[int, tuple[str, ...]]:
-    """Statements per schema version. ``messages`` is qualified; index names never are (an
-    index lives in its table's schema)."""
+# Column order equals the field order of ``ReactionRecord``, so ``ReactionRecord(*row)`` works.
+_REACTION_COLUMNS = (
+    'id, channel, message_id, reaction, uid, umd, created_ms, expires_ms, "trigger", '
+    "request_id, connection_id, source_ip, user_agent"
+)
+_REACTION_REPLACED = (
+    "id",
+    "umd",
+    "created_ms",
+    "expires_ms",
+    '"trigger"',
+    "request_id",
+    "connection_id",
+    "source_ip",
+    "user_agent",
+)
+
+
+def _migrations(messages: str, prefix: str, reactions: str) -> dict[int, tuple[str, ...]]:
+    """Statements per schema version. Tables are qualified; index names never are (an index
+    lives in its table's schema)."""
     return {
         1: (
             f"""
@@ -80,6 +108,28 @@ def _migrations(messages: str, prefix: str) -> dict[int, tuple[str, ...]]:
             f'CREATE INDEX IF NOT EXISTS "{prefix}messages_expires_idx" '
             f"ON {messages} (expires_ms) WHERE expires_ms IS NOT NULL",
         ),
+        2: (
+            f"""
+            CREATE TABLE IF NOT EXISTS {reactions} (
+                channel text COLLATE "C" NOT NULL,
+                message_id text COLLATE "C" NOT NULL,
+                uid text COLLATE "C" NOT NULL,
+                reaction text COLLATE "C" NOT NULL,
+                id text COLLATE "C" NOT NULL,
+                umd text NOT NULL,
+                created_ms int8 NOT NULL,
+                expires_ms int8,
+                "trigger" text NOT NULL,
+                request_id text,
+                connection_id text,
+                source_ip text,
+                user_agent text,
+                PRIMARY KEY (channel, message_id, uid, reaction)
+            )
+            """,
+            f'CREATE INDEX IF NOT EXISTS "{prefix}reactions_expires_idx" '
+            f"ON {reactions} (expires_ms) WHERE expires_ms IS NOT NULL",
+        ),
     }
 
 
@@ -93,6 +143,7 @@ class PostgresStore:
 
     Attributes:
         messages_table: the qualified, quoted name of the messages table.
+        reactions_table: the qualified, quoted name of the reactions table.
     """
 
     def __init__(
@@ -130,7 +181,7 @@ class PostgresStore:
         check_identifiers(schema=schema, table_prefix=table_prefix)
         if schema is not None and len(schema) > 63:
             raise ConfigError(f"PostgreSQL schema {schema!r} is longer than 63 bytes.")
-        if len(table_prefix) + len("messages_expires_idx") > 63:
+        if len(table_prefix) + len("reactions_expires_idx") > 63:
             raise ConfigError(f"PostgreSQL table_prefix {table_prefix!r} is too long.")
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1 or max_writers < 1:
             raise ConfigError(
@@ -142,6 +193,7 @@ class PostgresStore:
         self._prefix = table_prefix
         qualifier = f'"{schema}".' if schema is not None else ""
         self.messages_table = f'{qualifier}"{table_prefix}messages"'
+        self.reactions_table = f'{qualifier}"{table_prefix}reactions"'
         self._version_table = f'{qualifier}"{table_prefix}schema_version"'
         self._pool_kwargs: dict[str, Any] = {
             "min_size": pool_min_size,
@@ -175,6 +227,37 @@ class PostgresStore:
             f"DELETE FROM {self.messages_table} WHERE (channel, id) IN ("
             f"SELECT channel, id FROM {self.messages_table} WHERE expires_ms <= $1 LIMIT $2 "
             "FOR UPDATE SKIP LOCKED)"
+        )
+        reactions = self.reactions_table
+        # An expired row with the same key is replaced: it is already invisible, and the
+        # sweeper may not have reached it yet.
+        self._add_reaction_sql = (
+            f"INSERT INTO {reactions} AS r ({_REACTION_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "ON CONFLICT (channel, message_id, uid, reaction) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in _REACTION_REPLACED)
+            + " WHERE r.expires_ms IS NOT NULL AND r.expires_ms <= $14 RETURNING r.id"
+        )
+        self._remove_reaction_sql = (
+            f"DELETE FROM {reactions} WHERE channel = $1 AND message_id = $2 AND uid = $3 "
+            "AND reaction = $4 AND (expires_ms IS NULL OR expires_ms > $5) "
+            f"RETURNING {_REACTION_COLUMNS}"
+        )
+        live = (
+            "channel = $1 AND message_id = ANY($2::text[]) "
+            "AND (expires_ms IS NULL OR expires_ms > $3)"
+        )
+        self._reaction_counts_sql = (
+            f"SELECT message_id, reaction, count(*) FROM {reactions} WHERE {live} "
+            "GROUP BY message_id, reaction ORDER BY message_id, min(id)"
+        )
+        self._list_reactions_sql = (
+            f"SELECT {_REACTION_COLUMNS} FROM {reactions} WHERE {live} ORDER BY message_id, id"
+        )
+        self._sweep_reactions_sql = (
+            f"DELETE FROM {reactions} WHERE (channel, message_id, uid, reaction) IN ("
+            f"SELECT channel, message_id, uid, reaction FROM {reactions} WHERE expires_ms <= $1 "
+            "LIMIT $2 FOR UPDATE SKIP LOCKED)"
         )
 
     # Public methods
@@ -327,6 +410,104 @@ class PostgresStore:
             raise map_error(exc, "sweep") from exc
         return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
 
+    async def apply_reactions(
+        self, changes: Sequence[ReactionChange], *, now_ms: int
+    ) -> list[ReactionRecord | None]:
+        """See ``Store.apply_reactions``. One transaction; a ``StoreUnavailable`` can hide a
+        commit whose reply was lost (a retried add then reports a no-op).
+
+        Raises:
+            StoreUnavailable: the store is closed or the server cannot be reached.
+            StoreError: any other failure (for example text holding U+0000).
+        """
+        self._check_open()
+        if not changes:
+            return []
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                outcomes: list[ReactionRecord | None] = []
+                for change in changes:
+                    if isinstance(change, ReactionRemoval):
+                        row = await conn.fetchrow(
+                            self._remove_reaction_sql,
+                            change.channel,
+                            change.message_id,
+                            change.uid,
+                            change.reaction,
+                            now_ms,
+                        )
+                        outcomes.append(None if row is None else ReactionRecord(*row))
+                        continue
+                    added = await conn.fetchval(
+                        self._add_reaction_sql,
+                        change.id,
+                        change.channel,
+                        change.message_id,
+                        change.reaction,
+                        change.uid,
+                        change.umd,
+                        change.created_ms,
+                        change.expires_ms,
+                        change.trigger,
+                        change.request_id,
+                        change.connection_id,
+                        change.source_ip,
+                        change.user_agent,
+                        now_ms,
+                    )
+                    outcomes.append(None if added is None else change)
+                return outcomes
+        except Exception as exc:
+            raise map_error(exc, "apply_reactions") from exc
+
+    async def reaction_counts(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[tuple[str, int]]]:
+        """See ``Store.reaction_counts``."""
+        self._check_open()
+        if not message_ids:
+            return {}
+        try:
+            rows = await self._call(
+                "fetch", self._reaction_counts_sql, channel, list(message_ids), now_ms
+            )
+        except Exception as exc:
+            raise map_error(exc, "reaction_counts") from exc
+        counts: dict[str, list[tuple[str, int]]] = {}
+        for message_id, reaction, count in rows:
+            counts.setdefault(message_id, []).append((reaction, count))
+        return counts
+
+    async def list_reactions(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[ReactionRecord]]:
+        """See ``Store.list_reactions``."""
+        self._check_open()
+        if not message_ids:
+            return {}
+        try:
+            rows = await self._call(
+                "fetch", self._list_reactions_sql, channel, list(message_ids), now_ms
+            )
+        except Exception as exc:
+            raise map_error(exc, "list_reactions") from exc
+        found: dict[str, list[ReactionRecord]] = {}
+        for row in rows:
+            record = ReactionRecord(*row)
+            found.setdefault(record.message_id, []).append(record)
+        return found
+
+    async def sweep_reactions(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Delete at most ``limit`` reactions with ``expires_ms <= now_ms``; return the count."""
+        self._check_open()
+        if limit <= 0:
+            return 0
+        try:
+            status: str = await self._call("execute", self._sweep_reactions_sql, now_ms, limit)
+        except Exception as exc:
+            raise map_error(exc, "sweep_reactions") from exc
+        return int(status.rsplit(" ", 1)[-1])
+
     async def aclose(self) -> None:
         """Wait for pending appends and running queries, then close the pool. Idempotent."""
         async with self._open_lock:
@@ -383,7 +564,7 @@ class PostgresStore:
                     f"PostgreSQL table {self._version_table} says schema version {version}, newer "
                     f"than this tidings understands ({SCHEMA_VERSION}); upgrade tidings."
                 )
-            migrations = _migrations(self.messages_table, self._prefix)
+            migrations = _migrations(self.messages_table, self._prefix, self.reactions_table)
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in migrations[target]:
                     await conn.execute(statement)

@@ -12,7 +12,11 @@ Shape:
   used only by the thread that created them). WAL lets readers run while the writer commits.
 * **Schema.** ``messages`` is a ``WITHOUT ROWID`` table clustered on ``(channel, id)``: a page of
   ``listMessages`` in either direction is one B-tree seek plus a scan of adjacent leaf pages. A
-  partial index on ``expires_ms`` serves the sweeper. The version lives in ``PRAGMA user_version``.
+  partial index on ``expires_ms`` serves the sweeper. ``reactions`` (version 2) is clustered on
+  ``(channel, message_id, uid, reaction)``, which is both the one-per-user rule and the seek of
+  a page's reactions. The version lives in ``PRAGMA user_version``.
+* **Reactions** are written on the writer thread, one transaction per ``apply_reactions()``
+  call (a channel lane passes a whole batch at once), between group commits.
 * ``data`` and ``umd`` are stored as TEXT exactly as given, so they round-trip byte for byte.
 """
 
@@ -30,7 +34,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
-from tidings.store.base import MessageRecord, Store, lower_bound
+from tidings.store.base import (
+    MessageRecord,
+    ReactionChange,
+    ReactionRecord,
+    ReactionRemoval,
+    Store,
+    lower_bound,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -38,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -69,7 +80,64 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires_ms) "
         "WHERE expires_ms IS NOT NULL",
     ),
+    2: (
+        """
+        CREATE TABLE IF NOT EXISTS reactions (
+            channel TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            uid TEXT NOT NULL,
+            reaction TEXT NOT NULL,
+            id TEXT NOT NULL,
+            umd TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER,
+            "trigger" TEXT NOT NULL,
+            request_id TEXT,
+            connection_id TEXT,
+            source_ip TEXT,
+            user_agent TEXT,
+            PRIMARY KEY (channel, message_id, uid, reaction)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS reactions_expires ON reactions (expires_ms) "
+        "WHERE expires_ms IS NOT NULL",
+    ),
 }
+
+# Column order equals the field order of ``ReactionRecord``, so ``ReactionRecord(*row)`` works.
+_REACTION_COLUMNS = (
+    'id, channel, message_id, reaction, uid, umd, created_ms, expires_ms, "trigger", '
+    "request_id, connection_id, source_ip, user_agent"
+)
+# An expired row with the same key is replaced: it is already invisible, and the sweeper may
+# not have reached it yet.
+_ADD_REACTION = (
+    f"INSERT INTO reactions ({_REACTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (channel, message_id, uid, reaction) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in (
+            "id",
+            "umd",
+            "created_ms",
+            "expires_ms",
+            '"trigger"',
+            "request_id",
+            "connection_id",
+            "source_ip",
+            "user_agent",
+        )
+    )
+    + " WHERE reactions.expires_ms IS NOT NULL AND reactions.expires_ms <= ?"
+)
+_REMOVE_REACTION = (
+    "DELETE FROM reactions WHERE channel = ? AND message_id = ? AND uid = ? AND reaction = ? "
+    f"AND (expires_ms IS NULL OR expires_ms > ?) RETURNING {_REACTION_COLUMNS}"
+)
+_SWEEP_REACTIONS = (
+    "DELETE FROM reactions WHERE (channel, message_id, uid, reaction) IN ("
+    "SELECT channel, message_id, uid, reaction FROM reactions WHERE expires_ms <= ? LIMIT ?)"
+)
 
 # Not INSERT OR IGNORE: that would also skip rows breaking NOT NULL, silently "acknowledging"
 # a record that was never written. The upsert clause ignores only a duplicate primary key.
@@ -379,6 +447,80 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._map_error(exc, "sweep") from exc
 
+    async def apply_reactions(
+        self, changes: Sequence[ReactionChange], *, now_ms: int
+    ) -> list[ReactionRecord | None]:
+        """See ``Store.apply_reactions``. One transaction on the writer thread.
+
+        Raises:
+            StoreUnavailable: the store is closed, or the file is locked, full or unwritable.
+            StoreError: any other failure.
+        """
+        self._check_open()
+        if not changes:
+            return []
+        writer = self._writer
+        assert writer is not None  # _check_open() passed
+        try:
+            return await writer.run(self._reactions_sync, writer, changes, now_ms)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, "apply_reactions") from exc
+
+    async def reaction_counts(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[tuple[str, int]]]:
+        """See ``Store.reaction_counts``. Runs on a reader thread."""
+        self._check_open()
+        if not message_ids:
+            return {}
+        marks = ", ".join("?" * len(message_ids))
+        sql = (
+            "SELECT message_id, reaction, count(*) FROM reactions "
+            f"WHERE channel = ? AND message_id IN ({marks}) "
+            "AND (expires_ms IS NULL OR expires_ms > ?) "
+            "GROUP BY message_id, reaction ORDER BY message_id, min(id)"
+        )
+        rows = await self._read(_fetch_rows, sql, (channel, *message_ids, now_ms))
+        counts: dict[str, list[tuple[str, int]]] = {}
+        for message_id, reaction, count in rows:
+            counts.setdefault(message_id, []).append((reaction, count))
+        return counts
+
+    async def list_reactions(
+        self, channel: str, message_ids: Sequence[str], *, now_ms: int
+    ) -> dict[str, list[ReactionRecord]]:
+        """See ``Store.list_reactions``. Runs on a reader thread."""
+        self._check_open()
+        if not message_ids:
+            return {}
+        marks = ", ".join("?" * len(message_ids))
+        sql = (
+            f"SELECT {_REACTION_COLUMNS} FROM reactions "
+            f"WHERE channel = ? AND message_id IN ({marks}) "
+            "AND (expires_ms IS NULL OR expires_ms > ?) ORDER BY message_id, id"
+        )
+        rows = await self._read(_fetch_rows, sql, (channel, *message_ids, now_ms))
+        found: dict[str, list[ReactionRecord]] = {}
+        for row in rows:
+            record = ReactionRecord(*row)
+            found.setdefault(record.message_id, []).append(record)
+        return found
+
+    async def sweep_reactions(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Delete at most ``limit`` reactions with ``expires_ms <= now_ms``; return the count.
+
+        Runs on the writer thread between group commits (one short transaction).
+        """
+        self._check_open()
+        if limit <= 0:
+            return 0
+        writer = self._writer
+        assert writer is not None  # _check_open() passed
+        try:
+            return await writer.run(self._delete_sync, writer, _SWEEP_REACTIONS, now_ms, limit)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, "sweep_reactions") from exc
+
     async def aclose(self) -> None:
         """Commit every pending ``append()``, wait for running reads, close all connections.
 
@@ -529,17 +671,64 @@ class SqliteStore:
         self._commits += 1
 
     def _sweep_sync(self, writer: _Worker, now_ms: int, limit: int) -> int:
+        return self._delete_sync(writer, _SWEEP, now_ms, limit)
+
+    def _delete_sync(self, writer: _Worker, sql: str, now_ms: int, limit: int) -> int:
         conn = writer.conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            deleted = conn.execute(_SWEEP, (now_ms, limit)).rowcount
+            deleted = conn.execute(sql, (now_ms, limit)).rowcount
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return deleted
+
+    def _reactions_sync(
+        self, writer: _Worker, changes: Sequence[ReactionChange], now_ms: int
+    ) -> list[ReactionRecord | None]:
+        conn = writer.conn
+        assert conn is not None
+        outcomes: list[ReactionRecord | None] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for change in changes:
+                if isinstance(change, ReactionRemoval):
+                    row = conn.execute(
+                        _REMOVE_REACTION,
+                        (change.channel, change.message_id, change.uid, change.reaction, now_ms),
+                    ).fetchone()
+                    outcomes.append(None if row is None else ReactionRecord(*row))
+                    continue
+                cursor = conn.execute(
+                    _ADD_REACTION,
+                    (
+                        change.id,
+                        change.channel,
+                        change.message_id,
+                        change.reaction,
+                        change.uid,
+                        change.umd,
+                        change.created_ms,
+                        change.expires_ms,
+                        change.trigger,
+                        change.request_id,
+                        change.connection_id,
+                        change.source_ip,
+                        change.user_agent,
+                        now_ms,
+                    ),
+                )
+                outcomes.append(change if cursor.rowcount == 1 else None)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._commits += 1
+        return outcomes
 
     def _migrate(self, writer: _Worker) -> None:
         conn = writer.conn
@@ -593,6 +782,12 @@ def _list_sql(has_lower: bool, inclusive: bool, has_before: bool, reverse: bool)
     return (
         f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
     )
+
+
+def _fetch_rows(worker: _Worker, sql: str, params: Sequence[object]) -> list[Any]:
+    conn = worker.conn
+    assert conn is not None
+    return conn.execute(sql, params).fetchall()
 
 
 def _fetch_records(worker: _Worker, sql: str, params: Sequence[object]) -> list[MessageRecord]:

@@ -31,9 +31,9 @@ import pytest_asyncio
 from ulid import ULID
 
 from tidings.errors import StoreError
-from tidings.store.base import MessageRecord, Store
+from tidings.store.base import MessageRecord, ReactionRecord, ReactionRemoval, Store
 
-__all__ = ["T0", "StoreContract", "StoreFactory", "make_record", "ulid_at"]
+__all__ = ["T0", "StoreContract", "StoreFactory", "make_reaction", "make_record", "ulid_at"]
 
 StoreFactory = Callable[[], Store]
 
@@ -76,6 +76,45 @@ def make_record(
         source_ip=source_ip,
         user_agent=user_agent,
     )
+
+
+def make_reaction(
+    message: MessageRecord,
+    reaction: str = "👍",
+    uid: str = "Jim",
+    *,
+    ms: int | None = None,
+    sequence: int = 0,
+    umd: str = "null",
+    expires_ms: int | None = None,
+    trigger: str = "client.websocket",
+    request_id: str | None = None,
+    connection_id: str | None = None,
+    source_ip: str | None = None,
+    user_agent: str | None = None,
+) -> ReactionRecord:
+    """A reaction on ``message`` added at ``ms`` (default: 1 ms after the message), with ID
+    ``ulid_at(ms, sequence)``, inheriting the message's expiry unless ``expires_ms`` is given."""
+    at = message.created_ms + 1 if ms is None else ms
+    return ReactionRecord(
+        id=ulid_at(at, sequence),
+        channel=message.channel,
+        message_id=message.id,
+        reaction=reaction,
+        uid=uid,
+        umd=umd,
+        created_ms=at,
+        expires_ms=message.expires_ms if expires_ms is None else expires_ms,
+        trigger=trigger,
+        request_id=request_id,
+        connection_id=connection_id,
+        source_ip=source_ip,
+        user_agent=user_agent,
+    )
+
+
+def _removal(reaction: ReactionRecord) -> ReactionRemoval:
+    return ReactionRemoval(reaction.channel, reaction.message_id, reaction.uid, reaction.reaction)
 
 
 def _series(count: int, channel: str = "room.1") -> list[MessageRecord]:
@@ -558,3 +597,260 @@ class StoreContract:
             assert len(await third.list_messages("room.1", now_ms=T0, limit=200)) == 120
             assert await third.list_messages("room.2", now_ms=T0) == []
             assert len(await third.list_messages("room.3", now_ms=T0)) == 1
+
+    # Reactions (spec §12)
+
+    async def test_store_adds_a_reaction_once(self, store: Store) -> None:
+        """The first add is stored and returned; a repeated add of the same (message, uid,
+        value) is a no-op that keeps the first record."""
+        message = make_record()
+        await store.append([message])
+        first = make_reaction(message, sequence=1)
+        again = make_reaction(message, sequence=2, umd='{"late":true}')
+        assert await store.apply_reactions([first], now_ms=T0) == [first]
+        assert await store.apply_reactions([again], now_ms=T0) == [None]
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0) == {
+            message.id: [first]
+        }
+
+    async def test_store_keeps_one_reaction_per_uid_and_value(self, store: Store) -> None:
+        """Other users and other values on the same message are separate reactions, listed in
+        creation order whatever the uid or value."""
+        message = make_record()
+        await store.append([message])
+        reactions = [
+            make_reaction(message, "👍", "Pam", sequence=1),
+            make_reaction(message, "❤️", "Jim", sequence=2),
+            make_reaction(message, "👍", "Jim", sequence=3),
+            make_reaction(message, "❤️", "Andy", sequence=4),
+        ]
+        assert await store.apply_reactions(reactions, now_ms=T0) == reactions
+        listed = await store.list_reactions("room.1", [message.id], now_ms=T0)
+        assert listed == {message.id: reactions}
+        counts = await store.reaction_counts("room.1", [message.id], now_ms=T0)
+        assert counts == {message.id: [("👍", 2), ("❤️", 2)]}
+
+    async def test_store_removes_the_stored_reaction(self, store: Store) -> None:
+        """A removal returns the record that was added (with the adding request's fields); a
+        second removal, or one of a reaction never added, returns None."""
+        message = make_record()
+        await store.append([message])
+        added = make_reaction(
+            message, request_id=ulid_at(T0, 9), connection_id="c1=", source_ip="10.0.0.1"
+        )
+        await store.apply_reactions([added], now_ms=T0)
+        assert await store.apply_reactions([_removal(added)], now_ms=T0) == [added]
+        assert await store.apply_reactions([_removal(added)], now_ms=T0) == [None]
+        stranger = ReactionRemoval("room.1", message.id, "Pam", "👍")
+        assert await store.apply_reactions([stranger], now_ms=T0) == [None]
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0) == {}
+        assert await store.reaction_counts("room.1", [message.id], now_ms=T0) == {}
+
+    async def test_store_applies_reaction_changes_in_order(self, store: Store) -> None:
+        """One call applies its changes one after the other: add, repeated add, remove, second
+        remove, add again."""
+        message = make_record()
+        await store.append([message])
+        first = make_reaction(message, sequence=1)
+        second = make_reaction(message, sequence=2)
+        third = make_reaction(message, sequence=3)
+        outcomes = await store.apply_reactions(
+            [first, second, _removal(first), _removal(first), third], now_ms=T0
+        )
+        assert outcomes == [first, None, first, None, third]
+        listed = await store.list_reactions("room.1", [message.id], now_ms=T0)
+        assert listed == {message.id: [third]}
+        assert await store.apply_reactions([], now_ms=T0) == []
+
+    async def test_store_reads_reactions_of_many_messages_at_once(self, store: Store) -> None:
+        """One call returns the reactions of every listed message; messages without reactions,
+        unknown IDs and other channels stay out."""
+        messages = _series(5)
+        other = make_record("room.2", message_id=messages[1].id)
+        await store.append([*messages, other])
+        reactions = [
+            make_reaction(messages[i], value, uid, ms=T0 + 10 + n, sequence=n)
+            for n, (i, value, uid) in enumerate(
+                [(0, "👍", "Jim"), (2, "👍", "Jim"), (0, "🎉", "Pam"), (2, "👍", "Pam")]
+            )
+        ]
+        elsewhere = make_reaction(other, "👀", ms=T0 + 50)
+        await store.apply_reactions([*reactions, elsewhere], now_ms=T0)
+        ids = [m.id for m in messages] + [ulid_at(T0 + 99)]
+        listed = await store.list_reactions("room.1", ids, now_ms=T0)
+        assert listed == {
+            messages[0].id: [reactions[0], reactions[2]],
+            messages[2].id: [reactions[1], reactions[3]],
+        }
+        counts = await store.reaction_counts("room.1", ids, now_ms=T0)
+        assert counts == {
+            messages[0].id: [("👍", 1), ("🎉", 1)],
+            messages[2].id: [("👍", 2)],
+        }
+        assert await store.list_reactions("room.2", [other.id], now_ms=T0) == {
+            other.id: [elsewhere]
+        }
+        assert await store.list_reactions("room.1", [], now_ms=T0) == {}
+        assert await store.reaction_counts("room.1", [], now_ms=T0) == {}
+
+    async def test_store_orders_counts_by_first_reaction(self, store: Store) -> None:
+        """Values are counted in the order their first reaction was made, not by name or
+        count."""
+        message = make_record()
+        await store.append([message])
+        reactions = [
+            make_reaction(message, value, uid, sequence=n)
+            for n, (value, uid) in enumerate(
+                [("z", "a"), ("a", "a"), ("m", "a"), ("a", "b"), ("a", "c"), ("z", "b")], 1
+            )
+        ]
+        await store.apply_reactions(reactions, now_ms=T0)
+        counts = await store.reaction_counts("room.1", [message.id], now_ms=T0)
+        assert counts == {message.id: [("z", 2), ("a", 3), ("m", 1)]}
+
+    async def test_store_reactions_expire_with_their_message(self, store: Store) -> None:
+        """A reaction is invisible once its expiry passes: not listed, not counted, not
+        removable, and a new add replaces it."""
+        message = make_record(expires_ms=T0 + 100)
+        await store.append([message])
+        reaction = make_reaction(message)
+        await store.apply_reactions([reaction], now_ms=T0)
+        assert reaction.expires_ms == T0 + 100
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0 + 99) != {}
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0 + 100) == {}
+        assert await store.reaction_counts("room.1", [message.id], now_ms=T0 + 100) == {}
+        assert await store.apply_reactions([_removal(reaction)], now_ms=T0 + 100) == [None]
+        renewed = make_reaction(message, ms=T0 + 100, expires_ms=T0 + 500)
+        assert await store.apply_reactions([renewed], now_ms=T0 + 100) == [renewed]
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0 + 100) == {
+            message.id: [renewed]
+        }
+
+    async def test_store_sweeps_only_expired_reactions(self, store: Store) -> None:
+        """``sweep_reactions`` deletes expired reactions, at most ``limit`` per call, and keeps
+        the rest."""
+        message = make_record(expires_ms=T0 + 100)
+        forever = make_record(ms=T0 + 1)
+        await store.append([message, forever])
+        expiring = [make_reaction(message, "👍", f"u{i}", sequence=i) for i in range(5)]
+        kept = make_reaction(forever, "👍", "Jim")
+        await store.apply_reactions([*expiring, kept], now_ms=T0)
+        assert await store.sweep_reactions(now_ms=T0 + 99) == 0
+        counts = [await store.sweep_reactions(now_ms=T0 + 100, limit=2) for _ in range(4)]
+        assert counts == [2, 2, 1, 0]
+        assert await store.sweep_reactions(now_ms=T0 + 100, limit=0) == 0
+        # Read at an earlier instant: swept reactions are gone, not merely hidden.
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0) == {}
+        assert await store.list_reactions("room.1", [forever.id], now_ms=2**62) == {
+            forever.id: [kept]
+        }
+
+    async def test_store_sweep_skips_removed_and_replaced_reactions(self, store: Store) -> None:
+        """A reaction removed, or replaced after expiring, is not swept twice nor wrongly."""
+        message = make_record(expires_ms=T0 + 100)
+        await store.append([message])
+        removed = make_reaction(message, "👍", "Jim")
+        replaced = make_reaction(message, "🎉", "Jim", sequence=1)
+        await store.apply_reactions([removed, replaced, _removal(removed)], now_ms=T0)
+        renewed = make_reaction(message, "🎉", "Jim", ms=T0 + 150, expires_ms=T0 + 1000)
+        assert await store.apply_reactions([renewed], now_ms=T0 + 150) == [renewed]
+        assert await store.sweep_reactions(now_ms=T0 + 200) == 0
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0 + 200) == {
+            message.id: [renewed]
+        }
+        assert await store.sweep_reactions(now_ms=T0 + 1000) == 1
+
+    async def test_store_round_trips_reaction_fields(self, store: Store) -> None:
+        """Every field comes back equal: tricky umd text, long values, None apart from ''."""
+        message = make_record()
+        await store.append([message])
+        full = make_reaction(
+            message,
+            "👍🏽" + "x" * 92,
+            "Jîm 😀" + "u" * 120,
+            umd='{"z":1,"a":"\\u0000 ✓","n":[1.5e300]}',
+            expires_ms=T0 + 3_155_695_200_000,
+            trigger="server.http",
+            request_id=ulid_at(T0, 5),
+            connection_id="JCnTZd_KoAMCF-A=",
+            source_ip="2001:db8::1",
+            user_agent='Mozilla/5.0 "quoted"',
+        )
+        empty = make_reaction(
+            message, "❤️", "", sequence=1, connection_id="", source_ip="", user_agent=""
+        )
+        assert await store.apply_reactions([full, empty], now_ms=T0) == [full, empty]
+        listed = await store.list_reactions("room.1", [message.id], now_ms=T0)
+        assert listed == {message.id: [full, empty]}
+
+    async def test_store_concurrent_adds_store_one_reaction(self, store: Store) -> None:
+        """Of 30 concurrent adds of the same reaction exactly one is stored."""
+        message = make_record()
+        await store.append([message])
+        attempts = [make_reaction(message, sequence=n) for n in range(30)]
+        outcomes = await asyncio.gather(
+            *(store.apply_reactions([attempt], now_ms=T0) for attempt in attempts)
+        )
+        stored = [outcome for [outcome] in outcomes if outcome is not None]
+        assert len(stored) == 1
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0) == {message.id: stored}
+
+    async def test_store_reading_a_hundred_message_page_of_reactions(self, store: Store) -> None:
+        """A full page of 100 messages with 10 reactions each comes back whole."""
+        messages = _series(100)
+        await store.append(messages)
+        reactions = [
+            make_reaction(m, "👍" if u % 2 else "🎉", f"user{u}", sequence=u)
+            for m in messages
+            for u in range(10)
+        ]
+        await store.apply_reactions(reactions, now_ms=T0)
+        ids = [m.id for m in messages]
+        listed = await store.list_reactions("room.1", ids, now_ms=T0)
+        assert sum(len(v) for v in listed.values()) == 1000
+        assert listed[ids[57]] == reactions[570:580]
+        counts = await store.reaction_counts("room.1", ids, now_ms=T0)
+        assert counts[ids[99]] == [("🎉", 5), ("👍", 5)]
+
+    async def test_store_refuses_reaction_calls_after_aclose(
+        self, make_store: StoreFactory
+    ) -> None:
+        """Reaction calls on a closed store raise ``StoreError``."""
+        store = make_store()
+        await store.open()
+        await store.aclose()
+        message = make_record()
+        with pytest.raises(StoreError):
+            await store.apply_reactions([make_reaction(message)], now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.list_reactions("room.1", [message.id], now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.reaction_counts("room.1", [message.id], now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.sweep_reactions(now_ms=T0)
+
+    async def test_store_reactions_survive_close_and_reopen(self, make_store: StoreFactory) -> None:
+        """A persistent backend keeps reactions, with their expiry, across a restart."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        message = make_record(expires_ms=T0 + 100)
+        reactions = [make_reaction(message, "👍", uid, sequence=n) for n, uid in enumerate("ab")]
+        store = make_store()
+        await store.open()
+        try:
+            await store.append([message])
+            await store.apply_reactions(reactions, now_ms=T0)
+        finally:
+            await store.aclose()
+        async with self.reopened(make_store) as other:
+            listed = await other.list_reactions("room.1", [message.id], now_ms=T0)
+            assert listed == {message.id: reactions}
+            assert await other.apply_reactions([reactions[0]], now_ms=T0) == [None]
+            assert await other.apply_reactions([_removal(reactions[1])], now_ms=T0) == [
+                reactions[1]
+            ]
+        async with self.reopened(make_store) as third:
+            assert await third.list_reactions("room.1", [message.id], now_ms=T0) == {
+                message.id: reactions[:1]
+            }
+            assert await third.sweep_reactions(now_ms=T0 + 100) == 1
