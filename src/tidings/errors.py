@@ -30,6 +30,7 @@ __all__ = [
     "TokenError",
     "UNAVAILABLE",
     "wire_error",
+    "wire_status",
 ]
 
 
@@ -127,13 +128,23 @@ class ProtocolError(TidingsError):
         code: the wire error code.
         message: a human-readable explanation, safe to show the client.
         channel: the channel name as the client sent it, when the request named one.
+        status: the HTTP status when it is not the code's usual one (a server reaction
+            without ``uid`` is ``USER_ID_REQUIRED`` with 400, spec §18.2).
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, channel: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        channel: str | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.channel = channel
+        self.status = status
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -165,3 +176,11 @@ def wire_error(exc: BaseException) -> tuple[ErrorCode, str]:
     if isinstance(exc, BrokerUnavailable):
         return ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later"
     return ErrorCode.INTERNAL_ERROR, "internal error"
+
+
+def wire_status(exc: BaseException) -> int:
+    """The HTTP status answering ``exc``: the refusal's own when it carries one, else its
+    code's."""
+    if isinstance(exc, ProtocolError) and exc.status is not None:
+        return exc.status
+    return wire_error(exc)[0].http_status

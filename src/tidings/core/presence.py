@@ -16,7 +16,7 @@ import orjson
 from tidings.core.json import dumps
 from tidings.errors import ErrorCode, ProtocolError
 
-__all__ = ["MEMBERS_MAX_BYTES", "Change", "PresenceChannel", "member_event_frame"]
+__all__ = ["MEMBERS_MAX_BYTES", "Change", "PresenceChannel", "member_event_frame", "same_json"]
 
 MEMBERS_MAX_BYTES = 102_400
 
@@ -40,7 +40,7 @@ def _encode(uid: str, umd: Any) -> bytes:
     return dumps({"uid": uid, "umd": umd})
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_json(a: Any, b: Any) -> bool:
     """Deep JSON equality: key order does not matter, but ``true`` is not ``1``."""
     return dumps(a, option=orjson.OPT_SORT_KEYS) == dumps(b, option=orjson.OPT_SORT_KEYS)
 
@@ -74,7 +74,7 @@ class PresenceChannel:
         member = self._members.get(uid)
         new = len(_encode(uid, umd))
         old = len(member.encoded) if member is not None else 0
-        if member is not None and _same(member.umd, umd):
+        if member is not None and same_json(member.umd, umd):
             return
         if self._size - old + new > self._max_bytes:
             raise ProtocolError(
@@ -121,7 +121,7 @@ class PresenceChannel:
     # Private methods
 
     def _set_umd(self, member: _Member, umd: Any) -> Change:
-        if _same(member.umd, umd):
+        if same_json(member.umd, umd):
             return Change.NONE
         self._size -= len(member.encoded)
         member.umd = umd

@@ -13,7 +13,14 @@ from typing import Any
 from tidings.core.names import sent_name, validate_channel
 from tidings.hub.connection import Connection
 
-__all__ = ["Background", "now_ms", "resolve_sent", "rfc3339_micros", "rfc3339_seconds"]
+__all__ = [
+    "Background",
+    "now_ms",
+    "resolve_sent",
+    "rfc3339_micros",
+    "rfc3339_millis",
+    "rfc3339_seconds",
+]
 
 log = logging.getLogger("tidings.hub")
 
@@ -24,6 +31,12 @@ def now_ms() -> int:
 
 def rfc3339_seconds(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_millis(ms: int) -> str:
+    """``2026-05-19T15:47:45.231Z``: reaction ``createdAt`` (spec §0)."""
+    stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ms % 1000:03d}Z"
 
 
 def rfc3339_micros(seconds: float) -> str:

@@ -64,8 +64,25 @@ class Auth:
         except TokenError as exc:
             raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_TOKEN, str(exc), channel=sent) from exc
 
+    def verify_umd(self, token: object, conn: Connection, sent: str | None) -> Claims:
+        """A umd token bound to ``conn`` (spec §3.13, §13), or ``INVALID_UMD_TOKEN``."""
+        try:
+            claims = self.gate.verify(token, scope=Scope.UMD, now=time.time())
+            check_binding(claims, connection_id=conn.id, uid=conn.uid)
+        except TokenError as exc:
+            raise ProtocolError(ErrorCode.INVALID_UMD_TOKEN, str(exc), channel=sent) from exc
+        return claims
+
+    async def consume_umd(self, claims: Claims, sent: str | None) -> bool:
+        """Consume a ``singleUse`` umd token (a tidings choice, spec §3.13); True when one was
+        consumed, so a refused update can give it back with ``release``."""
+        try:
+            return await self._claim(claims, "umd token")
+        except TokenError as exc:
+            raise ProtocolError(ErrorCode.INVALID_UMD_TOKEN, str(exc), channel=sent) from exc
+
     async def release(self, claims: Claims) -> None:
-        """Undo ``consume_subscribe``: the subscribe it was for did not happen."""
+        """Undo ``consume_subscribe`` or ``consume_umd``: the operation did not happen."""
         await self._broker.release(f"jti:{claims.jti}", "used")
 
     def authorize_http(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -11,8 +12,10 @@ from tidings.core import protocol
 from tidings.errors import UNAVAILABLE, ProtocolError, wire_error
 from tidings.hub.connection import Connection
 from tidings.hub.outbound import Frame
-from tidings.hub.publishing import Publisher
+from tidings.hub.publishing import Publisher, PublishResult, report_failure
+from tidings.hub.reactions import Reactions
 from tidings.hub.subscriptions import Subscriptions
+from tidings.hub.umd import UmdUpdates
 
 __all__ = ["Commands"]
 
@@ -24,15 +27,26 @@ Handler = Callable[[Connection, Any], Awaitable[None]]
 class Commands:
     """Runs client frames; every refusal is answered with ``hotsock.error``."""
 
-    def __init__(self, *, subscriptions: Subscriptions, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        *,
+        subscriptions: Subscriptions,
+        publisher: Publisher,
+        reactions: Reactions,
+        umd: UmdUpdates,
+    ) -> None:
         self._subscriptions = subscriptions
         self._publisher = publisher
+        self._reactions = reactions
+        self._umd = umd
         self._handlers: dict[type, Handler] = {
             protocol.ClientMessage: self._message,
             protocol.Subscribe: self._subscribe,
             protocol.Unsubscribe: self._unsubscribe,
             protocol.Ping: self._ping,
             protocol.Heartbeat: self._heartbeat,
+            protocol.MessageReaction: self._reaction,
+            protocol.UmdUpdate: self._umd_update,
         }
         self.debug = log.isEnabledFor(logging.DEBUG)
 
@@ -54,7 +68,15 @@ class Commands:
                 log.exception("! unexpected failure handling a frame of %s", conn.id)
             sent = (
                 command.channel
-                if isinstance(command, (protocol.Subscribe, protocol.Unsubscribe))
+                if isinstance(
+                    command,
+                    (
+                        protocol.Subscribe,
+                        protocol.Unsubscribe,
+                        protocol.MessageReaction,
+                        protocol.UmdUpdate,
+                    ),
+                )
                 else None
             )
             conn.send(Frame(protocol.error_frame(*wire_error(exc), sent)))
@@ -75,3 +97,17 @@ class Commands:
 
     async def _heartbeat(self, conn: Connection, command: protocol.Heartbeat) -> None:
         conn.last_heartbeat = conn.last_activity
+
+    async def _reaction(self, conn: Connection, command: protocol.MessageReaction) -> None:
+        future = await self._reactions.react_client(
+            conn, command.channel, command.data, trigger="client.websocket"
+        )
+        sent = command.channel or ""
+
+        def report(done: asyncio.Future[PublishResult]) -> None:
+            report_failure(conn, sent, done, what="reaction")
+
+        future.add_done_callback(report)
+
+    async def _umd_update(self, conn: Connection, command: protocol.UmdUpdate) -> None:
+        await self._umd.update(conn, command.channel, command.token)

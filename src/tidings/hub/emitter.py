@@ -8,8 +8,9 @@ import orjson
 
 from tidings.broker.base import PresenceUpdate
 from tidings.events.bus import EventBus
-from tidings.hub._common import rfc3339_micros
+from tidings.hub._common import rfc3339_micros, rfc3339_millis, rfc3339_seconds
 from tidings.hub.connection import Connection, Subscription
+from tidings.store.base import ReactionRecord
 
 if TYPE_CHECKING:
     from tidings.hub.publishing import Publication
@@ -86,3 +87,27 @@ class Emitter:
             "userAgent": pub.user_agent,
         }
         self.emit("hotsock.messagePublished", "message", data, metadata)
+
+    def reaction(self, type_: str, stored: ReactionRecord) -> None:
+        """``hotsock.messageReactionAdded/Removed``: a removal describes the reaction as it was
+        added, and the request that added it (spec §17.2)."""
+        data = {
+            "channel": stored.channel,
+            "messageId": stored.message_id,
+            "id": stored.id,
+            "reaction": stored.reaction,
+            "uid": stored.uid,
+            "umd": orjson.loads(stored.umd),
+            "createdAt": rfc3339_millis(stored.created_ms),
+            "expiresAt": None if stored.expires_ms is None else rfc3339_seconds(stored.expires_ms),
+        }
+        metadata = {
+            "channel": stored.channel,
+            "reaction": stored.reaction,
+            "requestId": stored.request_id,
+            "trigger": stored.trigger,
+            "connectionId": stored.connection_id,
+            "sourceIp": stored.source_ip,
+            "userAgent": stored.user_agent,
+        }
+        self.emit(type_, "messageReaction", data, metadata)

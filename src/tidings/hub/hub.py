@@ -10,6 +10,9 @@ Where things live (see docs/design.md for the whole map)::
     publishing.py     channel lanes: IDs, dedup, store-then-publish
     fanout.py         channel → local subscribers, delivery of what the broker carries
     history.py        listMessages and the expired-message sweeper
+    reactions.py      message reactions and listReactions
+    umd.py            umdUpdate / umdPropagate
+    channel_info.py   getChannelInfo and the admin channel figures
     emitter.py        backend-event payloads
     connection.py     one connection, its bounded queue and its watchdog
 """
@@ -25,13 +28,13 @@ from tidings.broker.base import Broker, ServeFn
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import new_connection_id, new_connection_secret
-from tidings.core.names import is_presence
 from tidings.core.requests import ServerPublish
 from tidings.core.tokens import Claims
 from tidings.errors import CloseCode
 from tidings.events.bus import EventBus
 from tidings.hub._common import Background, now_ms, rfc3339_seconds
 from tidings.hub.auth import Auth
+from tidings.hub.channel_info import ChannelInfo
 from tidings.hub.commands import Commands
 from tidings.hub.connection import Connection, arm_watchdog
 from tidings.hub.emitter import Emitter
@@ -40,7 +43,9 @@ from tidings.hub.history import History
 from tidings.hub.outbound import Frame, Outlet
 from tidings.hub.presence import Presence
 from tidings.hub.publishing import Publication, Publisher, PublishResult
+from tidings.hub.reactions import Reactions
 from tidings.hub.subscriptions import Subscriptions
+from tidings.hub.umd import UmdUpdates
 from tidings.store.base import Store
 
 __all__ = ["Hub", "Publication", "PublishResult"]
@@ -71,19 +76,28 @@ class Hub:
         self._history = History(
             store=store, sweep_interval=settings.timeouts.sweep_interval_seconds
         )
+        presence = Presence(
+            broker=broker, emitter=self._emitter, max_bytes=settings.limits.presence_max_bytes
+        )
         self._subscriptions = Subscriptions(
             settings=settings,
             broker=broker,
             auth=self._auth,
             fanout=self._fanout,
-            presence=Presence(
-                broker=broker, emitter=self._emitter, max_bytes=settings.limits.presence_max_bytes
-            ),
+            presence=presence,
             emitter=self._emitter,
             background=self._background,
             connections=self.connections,
         )
-        self._commands = Commands(subscriptions=self._subscriptions, publisher=self._publisher)
+        self._reactions = Reactions(store=store, publisher=self._publisher)
+        self._umd = UmdUpdates(auth=self._auth, presence=presence, emitter=self._emitter)
+        self._channel_info = ChannelInfo(broker=broker)
+        self._commands = Commands(
+            subscriptions=self._subscriptions,
+            publisher=self._publisher,
+            reactions=self._reactions,
+            umd=self._umd,
+        )
 
     # Lifecycle
 
@@ -119,13 +133,11 @@ class Hub:
 
     async def subscriptions_count(self, channel: str) -> int:
         """``subscriptionsCount`` of a channel across the cluster (spec §6.4)."""
-        return await self._broker.count(channel)
+        return await self._channel_info.count(channel)
 
     async def members(self, channel: str) -> list[dict[str, Any]] | None:
         """Presence members (deduplicated by uid), or None for a standard channel."""
-        if not is_presence(channel):
-            return None
-        return await self._broker.presence_members(channel)
+        return await self._channel_info.members(channel)
 
     def metrics(self) -> dict[str, int]:
         """This node's counters, by name (``/metrics`` adds the ``tidings_`` prefix)."""
@@ -244,3 +256,27 @@ class Hub:
     async def list_messages(self, conn: Connection, body: dict[str, Any]) -> bytes:
         """``listMessages`` (spec §10.2): the JSON response body."""
         return await self._history.list_messages(conn, body)
+
+    # Reactions, umd updates, channel info (spec §10.2, §12, §13)
+
+    async def react_client(
+        self, conn: Connection, channel: Any, data: Any, *, trigger: str
+    ) -> asyncio.Future[PublishResult]:
+        """A client's ``hotsock.messageReaction``; raises ``ProtocolError`` for refusals."""
+        return await self._reactions.react_client(conn, channel, data, trigger=trigger)
+
+    async def react_server(self, body: dict[str, Any]) -> asyncio.Future[PublishResult]:
+        """A ``POST /publish`` reaction (top-level ``uid``, optional ``umd``)."""
+        return await self._reactions.react_server(body)
+
+    async def list_reactions(self, conn: Connection, body: dict[str, Any]) -> bytes:
+        """``listReactions``: the JSON response body."""
+        return await self._reactions.list_reactions(conn, body)
+
+    async def update_umd(self, conn: Connection, channel: Any, token: Any) -> None:
+        """``umdUpdate`` per channel (``channel`` given) or for the connection."""
+        await self._umd.update(conn, channel, token)
+
+    async def channel_info(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
+        """``getChannelInfo``: ``{"channel","subscriptionsCount","members"?}``."""
+        return await self._channel_info.for_client(conn, body)

@@ -1,11 +1,12 @@
 """Publishing (spec §8, §9, §15): each channel's ordered lane, where IDs are minted, duplicates
-caught, stored messages committed and everything handed to the broker.
+caught, reactions applied, stored messages committed and everything handed to the broker.
 
 ::
 
-    publish_client / publish_server ──▶ channel lane (FIFO, one task drains it)
+    publish_client / publish_server / reactions ──▶ channel lane (FIFO, one task drains it)
         async with broker.ordering(channel) as mint:     the channel's publishing turn
-            mint IDs → dedup claims → store.append (group commit) → broker.publish
+            mint IDs → dedup claims → store.apply_reactions → store.append (group commit)
+            → broker.publish
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidings.broker.base import Broker, Delivery, Minter
 from tidings.core import protocol
@@ -29,7 +30,10 @@ from tidings.hub.emitter import Emitter
 from tidings.hub.outbound import Frame
 from tidings.store.base import MessageRecord, Store
 
-__all__ = ["DEDUP_WINDOW_MS", "Publication", "PublishResult", "Publisher"]
+if TYPE_CHECKING:
+    from tidings.hub.reactions import ReactionIntent
+
+__all__ = ["DEDUP_WINDOW_MS", "Publication", "PublishResult", "Publisher", "report_failure"]
 
 log = logging.getLogger("tidings.hub")
 
@@ -57,6 +61,12 @@ class Publication:
     request_id: str = ""  # ULID of the accepting request (event metadata)
     id: str = ""  # minted when its lane processes it, in the channel's publishing turn
     created_ms: int = 0
+    reaction: ReactionIntent | None = None  # set on reaction events (spec §12)
+
+    @property
+    def durable(self) -> bool:
+        """Whether the store holds what this publication did once its batch is committed."""
+        return self.store_seconds != 0 or self.reaction is not None
 
     def record(self) -> MessageRecord:
         expires = None if self.store_seconds < 0 else self.created_ms + self.store_seconds * 1000
@@ -157,7 +167,7 @@ class Publisher:
         )
         future = self.enqueue(pub)
         if trigger == "client.websocket":
-            future.add_done_callback(lambda f: _report_failure(conn, sent, f))
+            future.add_done_callback(lambda f: report_failure(conn, sent, f))
         return future
 
     def publish_server(
@@ -229,6 +239,7 @@ class Publisher:
 
     async def _publish_batch(self, channel: str, batch: list[Pending], mint: Minter) -> None:
         live = await self._claim_dedup(batch, mint)
+        live = await self._apply_reactions(channel, live)
         live = await self._store_batch(channel, live)
         if not live:
             return
@@ -242,19 +253,23 @@ class Publisher:
         try:
             await self._broker.publish(channel, deliveries)
         except Exception as exc:
-            # a stored message is durable and listable, so it is acknowledged even though its
-            # live delivery was lost; an unstored one existed only in flight, so it fails (503)
+            # a stored message (or an applied reaction) is durable and listable, so it is
+            # acknowledged even though its live delivery was lost; an unstored one existed only
+            # in flight, so it fails (503)
             if isinstance(exc, UNAVAILABLE):
                 log.warning("! live delivery on %s lost: %s", channel, exc)
             else:
                 log.exception("! broker publish failed on %s; live delivery lost", channel)
-            await self._fail_all([(p, f) for p, f in live if p.store_seconds == 0], exc)
-            live = [(p, f) for p, f in live if p.store_seconds != 0]
+            await self._fail_all([(p, f) for p, f in live if not p.durable], exc)
+            live = [(p, f) for p, f in live if p.durable]
         self.published += len(live)
         for pub, future in live:
             _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
             if pub.emit_event and self._emitter.enabled:
-                self._emitter.published(pub)
+                if pub.reaction is not None and pub.reaction.stored is not None:
+                    self._emitter.reaction(pub.event, pub.reaction.stored)
+                else:
+                    self._emitter.published(pub)
 
     async def _claim_dedup(self, batch: list[Pending], mint: Minter) -> list[Pending]:
         """Mint each ID and claim each ``deduplicationId``; a repeat is answered with the
@@ -275,6 +290,35 @@ class Publisher:
                     continue
             live.append((pub, future))
         return live
+
+    async def _apply_reactions(self, channel: str, live: list[Pending]) -> list[Pending]:
+        """Apply the batch's reactions in one store call; a repeated add or a missing remove
+        succeeds without being announced (spec §12)."""
+        reacting = [(p, f) for p, f in live if p.reaction is not None]
+        if not reacting:
+            return live
+        changes = [p.reaction.change(p) for p, _ in reacting if p.reaction is not None]
+        try:
+            outcomes = await self._store.apply_reactions(changes, now_ms=now_ms())
+        except Exception as exc:
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! storing reactions on %s failed: %s", channel, exc)
+            elif not isinstance(exc, StoreError):
+                log.exception("! applying reactions failed on %s", channel)
+            await self._fail_all(reacting, exc)
+            return [(p, f) for p, f in live if p.reaction is None]
+        kept: list[Pending] = []
+        outcome_of = {id(p): o for (p, _), o in zip(reacting, outcomes, strict=True)}
+        for pub, future in live:
+            if pub.reaction is None:
+                kept.append((pub, future))
+                continue
+            pub.reaction.stored = outcome_of[id(pub)]
+            if pub.reaction.stored is None:
+                _resolve(future, PublishResult(pub.channel, pub.event, pub.id, duplicate=True))
+            else:
+                kept.append((pub, future))
+        return kept
 
     async def _store_batch(self, channel: str, live: list[Pending]) -> list[Pending]:
         """Commit the stored messages in one append; returns what may go on to the broker."""
@@ -304,13 +348,21 @@ class Publisher:
                     log.exception("! could not release deduplication claim")
 
 
-def _report_failure(conn: Connection, channel: str, future: asyncio.Future[PublishResult]) -> None:
+def report_failure(
+    conn: Connection,
+    channel: str,
+    future: asyncio.Future[PublishResult],
+    *,
+    what: str = "message",
+) -> None:
+    """Tell a WebSocket client that a publication it was not waiting for failed in its lane."""
     exc = None if future.cancelled() else future.exception()
     if exc is None:
         return
     code, reason = wire_error(exc)
-    message = f"message could not be published: {reason}"
-    conn.send(Frame(protocol.error_frame(code, message, channel)))
+    conn.send(
+        Frame(protocol.error_frame(code, f"{what} could not be published: {reason}", channel))
+    )
 
 
 def _resolve(future: asyncio.Future[PublishResult], result: PublishResult) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from tidings.core.json import dumps
+from tidings.core.reactions import REACTION_EVENT
 from tidings.core.requests import flag, parse_body_object, refuse_schedule
-from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error, wire_status
 from tidings.hub.connection import Connection
 from tidings.hub.hub import Hub
 from tidings.server.http import HUB, error_response, json_response, read_body
@@ -41,21 +42,46 @@ async def _list_messages(hub: Hub, conn: Connection, body: dict[str, Any]) -> tu
 async def _publish_message(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
     eager = flag(body, "eagerIdGeneration")
     refuse_schedule(body)
+    if body.get("event") == REACTION_EVENT:
+        future = await hub.react_client(
+            conn, body.get("channel"), body.get("data"), trigger="client.http"
+        )
+        result = await future
+        return 202, dumps({"channel": result.channel, "event": REACTION_EVENT})
     future = hub.publish_client(
         conn, body.get("channel"), body.get("event"), body.get("data"), trigger="client.http"
     )
     return 202, dumps(result_body(await future, eager))
 
 
+async def _list_reactions(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
+    return 200, await hub.list_reactions(conn, body)
+
+
+async def _get_channel_info(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
+    return 200, dumps(await hub.channel_info(conn, body))
+
+
+async def _umd_update(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
+    if body.get("token") is None:
+        raise ProtocolError(ErrorCode.INVALID_UMD_TOKEN, "token is required")
+    await hub.update_umd(conn, body.get("channel"), body.get("token"))
+    return 200, b"{}"
+
+
 Operation = Callable[[Hub, Connection, dict[str, Any]], Awaitable[tuple[int, bytes]]]
 OPERATIONS: dict[str, Operation] = {
     "listMessages": _list_messages,
     "publishMessage": _publish_message,
+    "listReactions": _list_reactions,
+    "getChannelInfo": _get_channel_info,
+    "umdUpdate": _umd_update,
 }
 
 
-def _error(code: ErrorCode, message: str) -> tuple[int, bytes]:
-    return code.http_status, dumps({"error": {"code": code.value, "message": message}})
+def _error(code: ErrorCode, message: str, status: int | None = None) -> tuple[int, bytes]:
+    body = dumps({"error": {"code": code.value, "message": message}})
+    return status or code.http_status, body
 
 
 async def run_operation(
@@ -70,7 +96,7 @@ async def run_operation(
         conn = hub.authorize_http(connection_id, secret)
         return await handler(hub, conn, parse_body_object(body))
     except (ProtocolError, *UNAVAILABLE) as exc:
-        return _error(*wire_error(exc))
+        return _error(*wire_error(exc), wire_status(exc))
 
 
 # The route

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from tidings.core.json import dumps
 from tidings.core.requests import parse_body
-from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error, wire_status
 from tidings.hub.hub import Hub
 
 __all__ = [
@@ -81,7 +81,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except (ProtocolError, *UNAVAILABLE) as exc:
-        return error_response(*wire_error(exc))
+        return error_response(*wire_error(exc), status=wire_status(exc))
     except web.HTTPException as exc:
         if exc.status == 404:
             return error_response(ErrorCode.NOT_FOUND, "no such route", status=404)

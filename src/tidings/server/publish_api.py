@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tidings.core.reactions import REACTION_EVENT
 from tidings.core.requests import ServerPublish, parse_server_publish
 from tidings.errors import ErrorCode, ProtocolError, wire_error
 from tidings.hub.hub import Hub, PublishResult
@@ -33,6 +34,9 @@ async def publish(request: web.Request) -> web.Response:
     body = await read_json(request)
     if isinstance(body, list):
         return await _publish_many(hub, body)
+    if isinstance(body, dict) and body.get("event") == REACTION_EVENT:
+        result = await (await hub.react_server(body))
+        return json_response({"channel": result.channel, "event": REACTION_EVENT}, status=202)
     message = parse_server_publish(body)
     result = await hub.publish_server(message)
     return json_response(result_body(result, message.eager), status=202)
@@ -45,6 +49,11 @@ async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
         )
     messages: list[ServerPublish] = []
     for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("event") == REACTION_EVENT:
+            raise ProtocolError(
+                ErrorCode.INVALID_EVENT,
+                f"message {index}: {REACTION_EVENT} must be published on its own, not in an array",
+            )
         try:
             messages.append(parse_server_publish(item))
         except ProtocolError as exc:
