@@ -552,3 +552,67 @@ async def test_multinode_killed_node_leaves_presence(cluster: Cluster) -> None:
         await asyncio.sleep(50 * MS)
     assert info["subscriptionsCount"] == 1 and info["members"] == [{"uid": "jim", "umd": None}]
     assert time.monotonic() - started < 4
+
+
+@pytest.mark.timeout(90)
+async def test_multinode_reactions_and_member_updates_reach_every_node(cluster: Cluster) -> None:
+    """A reaction made on A and a memberUpdated caused on A are seen on B and C; the stored
+    reaction is listed from any node; getChannelInfo agrees with the admin API."""
+    a, b, c = await cluster.start(3)
+    claims = {
+        "channels": {
+            "presence.chat": {
+                "subscribe": True,
+                "historyStart": 0,
+                "getInfo": True,
+                "messages": {"chat": {"react": True}},
+            }
+        }
+    }
+    jim = await cluster.connect(a, {**claims, "uid": "jim"})
+    await jim.subscribe("presence.chat")
+    watchers = []
+    for node, uid in ((b, "pam"), (c, "carl")):
+        watcher = await cluster.connect(node, {**claims, "uid": uid})
+        await watcher.subscribe("presence.chat")
+        watchers.append(watcher)
+    status, answer = await cluster.publish(
+        c, {"channel": "presence.chat", "event": "chat", "store": 60, "eagerIdGeneration": True}
+    )
+    assert status == 202
+    await jim.send(
+        {
+            "event": "hotsock.messageReaction",
+            "channel": "presence.chat",
+            "data": {"messageId": answer["id"], "reaction": "👍", "action": "add"},
+        }
+    )
+    for watcher in watchers:
+        added = await next_event(watcher, "hotsock.messageReactionAdded")
+        assert added["data"]["messageId"] == answer["id"]
+        assert added["meta"] == {"uid": "jim", "umd": None}
+    status, body = await cluster.call(
+        b, watchers[0], "listReactions", {"channel": "presence.chat", "messageId": answer["id"]}
+    )
+    assert status == 200 and body == {"reactions": [{"reaction": "👍", "uid": "jim"}]}
+
+    grant = {"uid": "jim", "umd": {"away": True}, "channels": {"presence.*": {"umdUpdate": True}}}
+    await jim.send(
+        {
+            "event": "hotsock.umdUpdate",
+            "channel": "presence.chat",
+            "data": {"token": make_token(grant, scope="umd")},
+        }
+    )
+    for client in (jim, *watchers):
+        updated = await next_event(client, "hotsock.memberUpdated")
+        assert updated["data"]["member"] == {"uid": "jim", "umd": {"away": True}}
+    for node in (a, b, c):
+        info = await channel_info(cluster, node, "presence.chat")
+        status, mine = await cluster.call(
+            node, watchers[1], "getChannelInfo", {"channel": "presence.chat"}
+        )
+        assert status == 200
+        assert mine["subscriptionsCount"] == info["subscriptionsCount"] == 3
+        assert mine["members"] == info["members"]
+        assert {"uid": "jim", "umd": {"away": True}} in mine["members"]

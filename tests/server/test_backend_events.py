@@ -257,3 +257,129 @@ async def test_source_ip_from_trusted_proxy(start_server: StartServer, receiver:
     assert sorted(e["data"]["sourceIp"] for e in connected) == ["127.0.0.1", "203.0.113.7"]
     await first.close()
     await second.close()
+
+
+async def test_reaction_events_gated_by_the_target_messages_emit(
+    start_server: StartServer, receiver: Receiver
+) -> None:
+    """Reaction backend events follow ``emitPubSubEvent`` of the reacted-to message's event;
+    a removal describes the reaction and the request that added it; a no-op emits nothing."""
+    server = await events_server(start_server, receiver)
+    claims = {
+        "uid": "Jim",
+        "umd": {"n": 1},
+        "channels": {
+            "room": {
+                "subscribe": True,
+                "historyStart": 0,
+                "messages": {
+                    "loud": {"react": True, "emitPubSubEvent": True},
+                    "quiet": {"react": True},
+                },
+            }
+        },
+    }
+    client = await server.connect(claims)
+    await client.subscribe("room")
+    ids = {}
+    for event in ("loud", "quiet"):
+        answer = await server.publish(
+            {"channel": "room", "event": event, "store": 60, "eagerIdGeneration": True}
+        )
+        ids[event] = answer["id"]
+    for event, action in [("quiet", "add"), ("loud", "add"), ("loud", "add"), ("loud", "remove")]:
+        await client.send(
+            {
+                "event": "hotsock.messageReaction",
+                "channel": "room",
+                "data": {"messageId": ids[event], "reaction": "👍", "action": action},
+            }
+        )
+    [added] = await receiver.wait_for("hotsock.messageReactionAdded")
+    [removed] = await receiver.wait_for("hotsock.messageReactionRemoved")
+    assert added["dataType"] == removed["dataType"] == "messageReaction"
+    data = added["data"]
+    assert set(data) == {
+        "channel",
+        "messageId",
+        "id",
+        "reaction",
+        "uid",
+        "umd",
+        "createdAt",
+        "expiresAt",
+    }
+    assert data["channel"] == "room" and data["messageId"] == ids["loud"]
+    assert data["reaction"] == "👍" and data["uid"] == "Jim" and data["umd"] == {"n": 1}
+    assert len(data["createdAt"]) == 24 and data["createdAt"].endswith("Z")  # milliseconds
+    assert len(data["expiresAt"]) == 20 and data["expiresAt"].endswith("Z")  # seconds
+    assert removed["data"] == data  # the reaction as it was added
+    metadata = added["metadata"]
+    assert metadata["channel"] == "room" and metadata["reaction"] == "👍"
+    assert metadata["trigger"] == "client.websocket" and metadata["connectionId"] == client.id
+    assert len(metadata["requestId"]) == 26 and metadata["sourceIp"] == "127.0.0.1"
+    assert removed["metadata"]["requestId"] == metadata["requestId"]
+    await asyncio.sleep(200 * MS)
+    assert len(receiver.of("hotsock.messageReactionAdded")) == 1
+
+
+async def test_server_reaction_events_follow_the_request_field(
+    start_server: StartServer, receiver: Receiver
+) -> None:
+    """A server reaction emits only with ``emitPubSubEvent: true`` in the request."""
+    server = await events_server(start_server, receiver)
+    answer = await server.publish(
+        {"channel": "room", "event": "e", "store": -1, "eagerIdGeneration": True}
+    )
+    reaction = {
+        "channel": "room",
+        "event": "hotsock.messageReaction",
+        "data": {"messageId": answer["id"], "reaction": "x", "action": "add"},
+        "uid": "bot",
+    }
+    await server.publish(reaction)
+    await server.publish({**reaction, "uid": "bot2", "emitPubSubEvent": True})
+    [added] = await receiver.wait_for("hotsock.messageReactionAdded")
+    assert added["data"]["uid"] == "bot2" and added["data"]["expiresAt"] is None
+    assert added["metadata"]["trigger"] == "server.http"
+    assert "connectionId" not in added["metadata"]
+
+
+async def test_umd_updates_emit_member_and_connection_events(
+    start_server: StartServer, receiver: Receiver
+) -> None:
+    """A changed member umd emits ``hotsock.memberUpdated``; a changed connection umd emits
+    ``hotsock.connectionUpdated``; unchanged values emit nothing."""
+    from tests.conftest import make_token
+
+    server = await events_server(start_server, receiver)
+    client = await server.connect({"uid": "Jim", "channels": {"presence.x": {"subscribe": True}}})
+    await client.subscribe("presence.x")
+    grant = {"uid": "Jim", "umd": {"s": 1}, "channels": {"presence.x": {"umdUpdate": True}}}
+    for _ in range(2):
+        await client.send(
+            {
+                "event": "hotsock.umdUpdate",
+                "channel": "presence.x",
+                "data": {"token": make_token(grant, scope="umd")},
+            }
+        )
+    [updated] = await receiver.wait_for("hotsock.memberUpdated")
+    assert updated["dataType"] == "channelMember"
+    assert updated["data"] == {
+        "uid": "Jim",
+        "umd": {"s": 1},
+        "members": [{"uid": "Jim", "umd": {"s": 1}}],
+    }
+    assert updated["metadata"]["channel"] == "presence.x"
+    connection = {"uid": "Jim", "umd": "new", "umdUpdate": True}
+    for _ in range(2):
+        await client.send(
+            {"event": "hotsock.umdUpdate", "data": {"token": make_token(connection, scope="umd")}}
+        )
+    [changed] = await receiver.wait_for("hotsock.connectionUpdated")
+    assert changed["dataType"] == "connection"
+    assert changed["data"]["id"] == client.id and changed["data"]["umd"] == "new"
+    await asyncio.sleep(200 * MS)
+    assert len(receiver.of("hotsock.memberUpdated")) == 1
+    assert len(receiver.of("hotsock.connectionUpdated")) == 1
