@@ -322,7 +322,7 @@ async def test_http_publish_message_reacts(server: Server) -> None:
     target = await stored_message(server)
     await jim.expect("chat")
     await pam.expect("chat")
-    body = {
+    body: dict[str, Any] = {
         "channel": CHANNEL,
         "event": "hotsock.messageReaction",
         "data": {"messageId": target, "reaction": "👍", "action": "add"},
@@ -361,7 +361,7 @@ async def test_server_publish_reacts_as_the_given_uid(server: Server) -> None:
     await watcher.subscribe(CHANNEL)
     target = await stored_message(server)
     await watcher.expect("chat")
-    body = {
+    body: dict[str, Any] = {
         "channel": CHANNEL,
         "event": "hotsock.messageReaction",
         "data": {"messageId": target, "reaction": "🤖", "action": "add"},
