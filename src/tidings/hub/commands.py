@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tidings._refusals import refusals
 from tidings.core import protocol
 from tidings.errors import UNAVAILABLE, ProtocolError, wire_error
 from tidings.hub.connection import Connection
@@ -48,7 +49,6 @@ class Commands:
             protocol.MessageReaction: self._reaction,
             protocol.UmdUpdate: self._umd_update,
         }
-        self.debug = log.isEnabledFor(logging.DEBUG)
 
     async def handle(self, conn: Connection, text: str | bytes) -> None:
         """Process one client frame."""
@@ -60,8 +60,7 @@ class Commands:
             if handler is not None:  # hotsock.pong needs no answer (spec §4.6)
                 await handler(conn, command)
         except ProtocolError as exc:
-            if self.debug:
-                log.debug("! %s refused: %s (channel %r)", conn.id, exc, exc.channel)
+            refusals.refused("websocket", exc.code, exc.channel, _event_of(command), exc.message)
             conn.send(Frame(protocol.error_frame(exc.code, exc.message, exc.channel)))
         except Exception as exc:
             if not isinstance(exc, UNAVAILABLE):
@@ -111,3 +110,18 @@ class Commands:
 
     async def _umd_update(self, conn: Connection, command: protocol.UmdUpdate) -> None:
         await self._umd.update(conn, command.channel, command.token)
+
+
+_COMMAND_EVENTS: dict[type, str] = {
+    protocol.Subscribe: "hotsock.subscribe",
+    protocol.Unsubscribe: "hotsock.unsubscribe",
+    protocol.MessageReaction: "hotsock.messageReaction",
+    protocol.UmdUpdate: "hotsock.umdUpdate",
+}
+
+
+def _event_of(command: protocol.Command | None) -> str | None:
+    """The event a refused frame carried, for the refusal log (None when unparsable)."""
+    if isinstance(command, protocol.ClientMessage):
+        return command.event if isinstance(command.event, str) else None
+    return _COMMAND_EVENTS.get(type(command))

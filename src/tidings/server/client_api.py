@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tidings._refusals import refusals
 from tidings.core.json import dumps
 from tidings.core.reactions import REACTION_EVENT
 from tidings.core.requests import flag, parse_body_object, refuse_schedule
@@ -79,6 +80,10 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _error(code: ErrorCode, message: str, status: int | None = None) -> tuple[int, bytes]:
     body = dumps({"error": {"code": code.value, "message": message}})
     return status or code.http_status, body
@@ -92,11 +97,23 @@ async def run_operation(
     handler = OPERATIONS.get(operation)
     if handler is None:
         return _error(ErrorCode.NOT_FOUND, f"unknown operation {operation!r}")
+    parsed: dict[str, Any] = {}
     try:
         conn = hub.authorize_http(connection_id, secret)
-        return await handler(hub, conn, parse_body_object(body))
+        parsed = parse_body_object(body)
+        return await handler(hub, conn, parsed)
     except (ProtocolError, *UNAVAILABLE) as exc:
-        return _error(*wire_error(exc), wire_status(exc))
+        status = wire_status(exc)
+        if isinstance(exc, ProtocolError) and status < 500:
+            channel = parsed.get("channel")
+            refusals.refused(
+                f"http:{operation}",
+                exc.code,
+                channel if isinstance(channel, str) else None,
+                _text(parsed.get("event")),
+                exc.message,
+            )
+        return _error(*wire_error(exc), status)
 
 
 # The route

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tidings._refusals import refusals
 from tidings.core.reactions import REACTION_EVENT
 from tidings.core.requests import ServerPublish, parse_server_publish
 from tidings.errors import ErrorCode, ProtocolError, wire_error
@@ -30,8 +31,25 @@ def result_body(result: PublishResult, eager: bool) -> dict[str, Any]:
 
 @routes.post("/publish")
 async def publish(request: web.Request) -> web.Response:
-    hub = require_api_key(request)
-    body = await read_json(request)
+    body: Any = None
+    try:
+        hub = require_api_key(request)
+        body = await read_json(request)
+        return await _publish(hub, body)
+    except ProtocolError as exc:
+        one = body if isinstance(body, dict) else {}
+        channel, event = one.get("channel"), one.get("event")
+        refusals.refused(
+            "publish",
+            exc.code,
+            channel if isinstance(channel, str) else None,
+            event if isinstance(event, str) else None,
+            exc.message,
+        )
+        raise
+
+
+async def _publish(hub: Hub, body: Any) -> web.Response:
     if isinstance(body, list):
         return await _publish_many(hub, body)
     if isinstance(body, dict) and body.get("event") == REACTION_EVENT:

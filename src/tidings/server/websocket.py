@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from aiohttp import WSMsgType, web
 
+from tidings._refusals import refusals
 from tidings.core import protocol
 from tidings.errors import CloseCode, ErrorCode, TokenError
 from tidings.hub.hub import Hub
@@ -107,8 +108,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         claims = await hub.authenticate(request.query.get("token"))
     except TokenError as exc:
-        if hub.debug:
-            log.debug("! handshake from %s refused: %s", request.remote, exc)
+        refusals.refused("handshake", ErrorCode.INVALID_CONNECT_TOKEN, None, None, str(exc))
         return error_response(ErrorCode.INVALID_CONNECT_TOKEN, str(exc))
     await ws.prepare(request)
     conn = hub.open_connection(
