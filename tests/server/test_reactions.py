@@ -489,3 +489,71 @@ async def test_reactions_survive_a_restart(start_server: StartServer, tmp_path: 
     assert await reactions_of(second, reader, expandReactions=True) == [
         {"👍": {"count": 1, "items": [{"uid": "Jim"}]}}
     ]
+
+
+class CountingStore:
+    """Wraps the real store and counts the read calls ``listMessages`` makes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name in ("list_messages", "reaction_counts", "list_reactions", "get_message"):
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                self.reads.append(name)
+                return await attribute(*args, **kwargs)
+
+            return counted
+        return attribute
+
+
+@pytest.mark.parametrize("expand", [False, True])
+async def test_a_full_page_with_reactions_is_two_queries(
+    start_server: StartServer, tmp_path: Path, expand: bool
+) -> None:
+    """A 100-message page where every message has reactions costs one query for the messages
+    and one for all their reactions."""
+    counting: list[CountingStore] = []
+
+    def wrap(store: Any) -> Any:
+        counting.append(CountingStore(store))
+        return counting[0]
+
+    server = await start_server(store=f"sqlite:///{tmp_path}/t.db", wrap_store=wrap)
+    answers = await server.publish(
+        [
+            {"channel": CHANNEL, "event": "chat", "data": n, "store": -1, "eagerIdGeneration": True}
+            for n in range(100)
+        ]
+    )
+    await asyncio.gather(
+        *(
+            server.publish(
+                {
+                    "channel": CHANNEL,
+                    "event": "hotsock.messageReaction",
+                    "data": {"messageId": answer["id"], "reaction": value, "action": "add"},
+                    "uid": uid,
+                }
+            )
+            for answer in answers
+            for uid, value in (("a", "👍"), ("b", "👍"), ("c", "🎉"))
+        )
+    )
+    client = await server.connect(chat("Jim"))
+    await client.subscribe(CHANNEL)
+    counting[0].reads.clear()
+    _, body = await server.call(
+        client, "listMessages", {"channel": CHANNEL, "expandReactions": expand}, status=200
+    )
+    assert len(body["messages"]) == 100
+    assert counting[0].reads == ["list_messages", "list_reactions" if expand else "reaction_counts"]
+    for message in body["messages"]:
+        reactions = message["reactions"]
+        assert {value: r["count"] for value, r in reactions.items()} == {"👍": 2, "🎉": 1}
+        if expand:  # the three reactions were made concurrently: any creation order
+            uids = sorted(item["uid"] for r in reactions.values() for item in r["items"])
+            assert uids == ["a", "b", "c"]
