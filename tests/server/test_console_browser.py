@@ -135,7 +135,7 @@ def _connect_token() -> str:
             "demo": {
                 "subscribe": True,
                 "historyStart": 0,
-                "messages": {"*": {"publish": True, "echo": True, "store": 3600}},
+                "messages": {"*": {"publish": True, "echo": True, "store": 3600, "react": True}},
             }
         },
     }
@@ -233,6 +233,29 @@ def test_console_end_to_end(browser_available: None, server: str) -> None:
             assert len(items.first.get_attribute("data-id") or "") == 26
             request = _log_entries(page, "http", "/connection/listMessages").first
             expect(request).to_contain_text('"channel":"demo"')
+            expect(request).to_contain_text('"expandReactions":true')
+
+            # React to a stored message, see it counted as ours, reload, then take it back.
+            first = items.first
+            first.locator(".react-input").fill("🎉")
+            first.locator(".react-add").click()
+            expect(_log_entries(page, "in", "hotsock.messageReactionAdded")).to_have_count(1)
+            mine = page.locator("#history .history-item").first.locator(
+                'button.reaction[data-reaction="🎉"]'
+            )
+            expect(mine).to_have_text("🎉 1")
+            expect(mine).to_have_attribute("data-mine", "true")
+            page.click("#list-messages")
+            expect(_log_entries(page, "http", "/connection/listMessages")).to_have_count(2)
+            expect(mine).to_have_text("🎉 1")
+            mine.click()
+            expect(_log_entries(page, "in", "hotsock.messageReactionRemoved")).to_have_count(1)
+            expect(mine).to_have_count(0)
+            page.click("#list-messages")
+            expect(_log_entries(page, "http", "/connection/listMessages")).to_have_count(3)
+            expect(
+                page.locator("#history .history-item").first.locator("button.reaction")
+            ).to_have_count(0)
 
             # Log filter.
             page.fill("#filter", "server-news")
