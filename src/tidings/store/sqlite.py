@@ -437,15 +437,7 @@ class SqliteStore:
 
         Runs on the writer thread between group commits (one short transaction).
         """
-        self._check_open()
-        if limit <= 0:
-            return 0
-        writer = self._writer
-        assert writer is not None  # _check_open() passed
-        try:
-            return await writer.run(self._sweep_sync, writer, now_ms, limit)
-        except sqlite3.Error as exc:
-            raise self._map_error(exc, "sweep") from exc
+        return await self._sweep(_SWEEP, now_ms, limit, "sweep")
 
     async def apply_reactions(
         self, changes: Sequence[ReactionChange], *, now_ms: int
@@ -511,15 +503,7 @@ class SqliteStore:
 
         Runs on the writer thread between group commits (one short transaction).
         """
-        self._check_open()
-        if limit <= 0:
-            return 0
-        writer = self._writer
-        assert writer is not None  # _check_open() passed
-        try:
-            return await writer.run(self._delete_sync, writer, _SWEEP_REACTIONS, now_ms, limit)
-        except sqlite3.Error as exc:
-            raise self._map_error(exc, "sweep_reactions") from exc
+        return await self._sweep(_SWEEP_REACTIONS, now_ms, limit, "sweep_reactions")
 
     async def aclose(self) -> None:
         """Commit every pending ``append()``, wait for running reads, close all connections.
@@ -554,6 +538,17 @@ class SqliteStore:
                 if self._state == "new"
                 else "the SQLite store is closed"
             )
+
+    async def _sweep(self, sql: str, now_ms: int, limit: int, action: str) -> int:
+        self._check_open()
+        if limit <= 0:
+            return 0
+        writer = self._writer
+        assert writer is not None  # _check_open() passed
+        try:
+            return await writer.run(self._delete_sync, writer, sql, now_ms, limit)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, action) from exc
 
     async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
         readers = self._readers
@@ -669,9 +664,6 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
         self._commits += 1
-
-    def _sweep_sync(self, writer: _Worker, now_ms: int, limit: int) -> int:
-        return self._delete_sync(writer, _SWEEP, now_ms, limit)
 
     def _delete_sync(self, writer: _Worker, sql: str, now_ms: int, limit: int) -> int:
         conn = writer.conn
