@@ -40,8 +40,11 @@ class UmdUpdates:
 
         Raises:
             ProtocolError: ``INVALID_UMD_TOKEN``, ``INVALID_CHANNEL``, ``SUBSCRIPTION_REQUIRED``,
-                ``UMD_UPDATE_PERMISSION_DENIED`` or ``PRESENCE_CHANNEL_CAPACITY_REACHED``;
-                nothing changed and a ``singleUse`` token is not used up.
+                ``UMD_UPDATE_PERMISSION_DENIED`` or ``PRESENCE_CHANNEL_CAPACITY_REACHED``.
+                A refused per-channel update changes nothing and does not use up a
+                ``singleUse`` token; with ``umdPropagate``, a presence channel without room
+                keeps the old value while the connection and the other subscriptions take the
+                new one, and the first such channel is reported.
         """
         given = channel_sent is not None
         claims = self._auth.verify_umd(token, conn, channel_sent if given else None)
