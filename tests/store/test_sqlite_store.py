@@ -27,8 +27,6 @@ from tidings.testing.store_contract import (
     ulid_at,
 )
 
-TIMEOUT_FACTOR = float(os.environ.get("TIDINGS_TESTS_TIMEOUT_FACTOR", "1"))
-
 
 class TestSqliteStore(StoreContract):
     persistent = True
@@ -218,9 +216,10 @@ async def test_sqlite_store_large_write_does_not_block_the_loop(tmp_path: Path) 
         await store.aclose()
     assert elapsed > 0.2, "the write was too fast to prove anything; make it bigger"
     assert len(gaps) > 20
-    # A blocked loop would show one gap as long as the write; threads leave only GIL hand-offs
-    # (about 30 ms at worst here).
-    assert max(gaps) < min(0.1 * TIMEOUT_FACTOR, elapsed / 2), (max(gaps), elapsed)
+    # A blocked loop would show one gap as long as the write (most of ``elapsed``); threads leave
+    # only GIL hand-offs and scheduling noise, which on a loaded machine can reach 100 ms, so the
+    # bound is relative to the work rather than absolute.
+    assert max(gaps) < elapsed / 5, (max(gaps), elapsed)
 
 
 async def test_sqlite_store_bad_call_does_not_fail_its_batch(tmp_path: Path) -> None:
