@@ -25,6 +25,7 @@ from tidings.testing.store_contract import (
     StoreFactory,
     make_reaction,
     make_record,
+    make_schedule,
 )
 
 
@@ -103,7 +104,8 @@ async def test_postgres_store_refuses_newer_schema(schema: str) -> None:
 
 @pytest.mark.integration
 async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
-    """A schema made before reactions existed keeps its messages and gains reactions."""
+    """A schema made before reactions existed keeps its messages and gains reactions and
+    schedules."""
     from tidings.store.postgres import _migrations
 
     store = PostgresStore(POSTGRES_URL, schema=schema)
@@ -113,7 +115,8 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
-        for statement in _migrations(store.messages_table, "tidings_", store.reactions_table)[1]:
+        tables = (store.messages_table, "tidings_", store.reactions_table, store.schedules_table)
+        for statement in _migrations(*tables)[1]:
             await conn.execute(statement)
         await conn.execute(
             f'CREATE TABLE "{schema}"."tidings_schema_version" (singleton bool PRIMARY KEY '
@@ -133,6 +136,8 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
         assert await store.list_messages("room.1", now_ms=T0) == [message]
         reaction = make_reaction(message)
         assert await store.apply_reactions([reaction], now_ms=T0) == [reaction]
+        await store.add_schedules([make_schedule(T0)])
+        assert await store.next_schedule_ms() == T0
     finally:
         await store.aclose()
 

@@ -17,13 +17,14 @@ import pytest
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store import open_store
 from tidings.store.base import lower_bound
-from tidings.store.sqlite import _MIGRATIONS, SqliteStore, _list_sql
+from tidings.store.sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore, _list_sql
 from tidings.testing.store_contract import (
     T0,
     StoreContract,
     StoreFactory,
     make_reaction,
     make_record,
+    make_schedule,
     ulid_at,
 )
 
@@ -321,7 +322,8 @@ async def test_sqlite_store_refuses_newer_schema(tmp_path: Path) -> None:
 
 
 async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
-    """A file written before reactions existed keeps its messages and gains reactions."""
+    """A file written before reactions existed keeps its messages and gains reactions and
+    schedules."""
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as raw:
         for statement in _MIGRATIONS[1]:
@@ -340,11 +342,32 @@ async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
         assert message == make_record()
         reaction = make_reaction(message)
         assert await store.apply_reactions([reaction], now_ms=T0) == [reaction]
+        await store.add_schedules([make_schedule(T0)])
+        assert await store.next_schedule_ms() == T0
     finally:
         await store.aclose()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     raw.close()
+
+
+async def test_sqlite_store_schedule_queries_use_the_next_index(tmp_path: Path) -> None:
+    """The scheduler's wake-up lookup and its claims seek the ``next_ms`` index instead of
+    scanning every pending schedule (spec §14: pending schedules cost only their rows)."""
+    store = SqliteStore(tmp_path / "t.db")
+    await store.open()
+    await store.aclose()
+    with sqlite3.connect(tmp_path / "t.db") as raw:
+        plans = [
+            " ".join(row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            for sql, params in (
+                ("SELECT min(next_ms) FROM schedules", ()),
+                ("SELECT id FROM schedules WHERE next_ms <= ? ORDER BY next_ms LIMIT ?", (1, 5)),
+            )
+        ]
+    raw.close()
+    assert all("schedules_next" in plan for plan in plans), plans
+    assert not any("TEMP B-TREE" in plan for plan in plans), plans
 
 
 async def test_sqlite_store_reaction_queries_seek_the_primary_key(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The ``Store`` interface: durable message history with per-message TTL (spec §9), and the
-reactions on stored messages (spec §12).
+"""The ``Store`` interface: durable message history with per-message TTL (spec §9), the
+reactions on stored messages (spec §12), and the pending schedules (spec §14).
 
 Every backend (``memory://``, ``sqlite:///…``, ``postgresql://…``) passes the contract suite in
 ``tidings.testing.store_contract``.
@@ -16,6 +16,7 @@ __all__ = [
     "ReactionChange",
     "ReactionRecord",
     "ReactionRemoval",
+    "ScheduleRecord",
     "Store",
     "lower_bound",
 ]
@@ -76,6 +77,24 @@ class ReactionRemoval:
     message_id: str
     uid: str
     reaction: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """One pending schedule (spec §14): what to do (``kind`` and its ``payload``) and when.
+
+    The store only keeps, orders and hands out schedules; the hub's scheduler decides what a
+    payload means. A claim hides a schedule from other claims for a lease, so that exactly one
+    node runs it; a schedule whose claimer dies is handed out again once the lease ends.
+    """
+
+    id: str  # ULID; the scheduleArn names it
+    due_ms: int  # Unix milliseconds: the scheduled instant
+    kind: str  # "message" or "storage"
+    channel: str
+    payload: str  # JSON text, read by the scheduler
+    created_ms: int  # Unix milliseconds: when it was accepted
+    attempts: int = 0  # claims so far, the returned claim included
 
 
 ReactionChange = ReactionRecord | ReactionRemoval
@@ -161,6 +180,45 @@ class Store(Protocol):
 
     async def sweep_reactions(self, *, now_ms: int, limit: int = 1000) -> int:
         """Physically delete at most ``limit`` expired reactions; return how many."""
+        ...
+
+    async def add_schedules(self, records: Sequence[ScheduleRecord]) -> None:
+        """Persist pending schedules (their ``attempts`` is ignored: a new one has none). When
+        this returns they are durable; an ID already stored is ignored.
+
+        Raises:
+            StoreUnavailable: the backend cannot be reached; nothing was written.
+            StoreError: any other failure.
+        """
+        ...
+
+    async def next_schedule_ms(self) -> int | None:
+        """The earliest instant (Unix ms) at which ``claim_schedules`` may return something:
+        the first due time, or the end of a lease that would hand a schedule out again; None
+        when no schedule is pending. One index lookup."""
+        ...
+
+    async def claim_schedules(
+        self, *, now_ms: int, limit: int, lease_ms: int
+    ) -> list[ScheduleRecord]:
+        """Claim at most ``limit`` schedules that are due (``due_ms <= now_ms``) and not held
+        by a live lease, earliest first, and hold them until ``now_ms + lease_ms``. Atomic
+        across every caller of every node sharing the backend: no schedule is handed to two
+        claims whose leases overlap. The caller runs them, then ``complete_schedules``.
+
+        Raises:
+            StoreUnavailable: the backend cannot be reached; nothing was claimed.
+            StoreError: any other failure.
+        """
+        ...
+
+    async def complete_schedules(self, schedule_ids: Sequence[str]) -> None:
+        """Forget schedules that ran. Idempotent; unknown IDs are ignored."""
+        ...
+
+    async def delete_schedule(self, schedule_id: str, *, now_ms: int) -> bool:
+        """Cancel a pending schedule. True when it was deleted; False when it is unknown, has
+        run, or is running (claimed, lease not over)."""
         ...
 
     async def aclose(self) -> None:

@@ -3,6 +3,8 @@
 Nothing survives the process. Each channel keeps its IDs in a sorted list, so a page is two
 ``bisect`` calls and a slice walk, like the B-tree range scans of the persistent backends.
 Reactions live in a dict per message, keyed like the persistent backends' primary key.
+Schedules live in a dict by ID with a min-heap on their next claimable instant, the
+counterpart of the persistent backends' index on ``next_ms``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from tidings.errors import StoreUnavailable
 from tidings.store.base import (
@@ -17,6 +20,7 @@ from tidings.store.base import (
     ReactionChange,
     ReactionRecord,
     ReactionRemoval,
+    ScheduleRecord,
     Store,
 )
 
@@ -67,6 +71,11 @@ class MemoryStore:
         # (expires_ms, reaction ID, channel, message ID, uid, reaction): sweep_reactions' heap;
         # an entry whose record was removed or replaced since is skipped
         self._reaction_expiry: list[tuple[int, str, str, str, str, str]] = []
+        # schedule ID -> (record, next claimable instant)
+        self._schedules: dict[str, tuple[ScheduleRecord, int]] = {}
+        # (next claimable instant, schedule ID); an entry whose schedule was claimed (moved) or
+        # deleted since is skipped
+        self._schedule_heap: list[tuple[int, str]] = []
         self._closed = False
 
     # Public methods
@@ -231,9 +240,60 @@ class MemoryStore:
             deleted += 1
         return deleted
 
+    async def add_schedules(self, records: Sequence[ScheduleRecord]) -> None:
+        """See ``Store.add_schedules``."""
+        self._check_open()
+        for record in records:
+            if record.id not in self._schedules:
+                self._schedules[record.id] = (replace(record, attempts=0), record.due_ms)
+                heapq.heappush(self._schedule_heap, (record.due_ms, record.id))
+
+    async def next_schedule_ms(self) -> int | None:
+        """See ``Store.next_schedule_ms``."""
+        self._check_open()
+        heap = self._schedule_heap
+        while heap and not self._current(*heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    async def claim_schedules(
+        self, *, now_ms: int, limit: int, lease_ms: int
+    ) -> list[ScheduleRecord]:
+        """See ``Store.claim_schedules``."""
+        self._check_open()
+        claimed: list[ScheduleRecord] = []
+        heap = self._schedule_heap
+        while len(claimed) < limit and heap and heap[0][0] <= now_ms:
+            next_ms, schedule_id = heapq.heappop(heap)
+            if not self._current(next_ms, schedule_id):
+                continue
+            record = self._schedules[schedule_id][0]
+            record = replace(record, attempts=record.attempts + 1)
+            self._schedules[schedule_id] = (record, now_ms + lease_ms)
+            heapq.heappush(heap, (now_ms + lease_ms, schedule_id))
+            claimed.append(record)
+        return claimed
+
+    async def complete_schedules(self, schedule_ids: Sequence[str]) -> None:
+        """See ``Store.complete_schedules``."""
+        self._check_open()
+        for schedule_id in schedule_ids:
+            self._schedules.pop(schedule_id, None)
+
+    async def delete_schedule(self, schedule_id: str, *, now_ms: int) -> bool:
+        """See ``Store.delete_schedule``."""
+        self._check_open()
+        entry = self._schedules.get(schedule_id)
+        if entry is None or (entry[0].attempts > 0 and entry[1] > now_ms):
+            return False
+        del self._schedules[schedule_id]
+        return True
+
     async def aclose(self) -> None:
         """Drop all records. Idempotent."""
         self._closed = True
+        self._schedules.clear()
+        self._schedule_heap.clear()
         self._channels.clear()
         self._expiry.clear()
         self._reactions.clear()
@@ -244,6 +304,11 @@ class MemoryStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable("the memory store is closed")
+
+    def _current(self, next_ms: int, schedule_id: str) -> bool:
+        """Whether a heap entry still describes its schedule."""
+        entry = self._schedules.get(schedule_id)
+        return entry is not None and entry[1] == next_ms
 
 
 def _live(expires_ms: int | None, now_ms: int) -> bool:

@@ -16,6 +16,10 @@ Shape:
 * **Reactions** (version 2): ``<prefix>reactions`` keyed by ``(channel, message_id, uid,
   reaction)``, the one-per-user rule and the seek of a page's reactions (``= ANY($2)``). One
   ``apply_reactions()`` call is one transaction.
+* **Schedules** (version 3): ``<prefix>schedules`` keyed by ID, with an index on ``next_ms``
+  (the due time, pushed to the lease's end when claimed). A claim is one ``UPDATE … WHERE id IN
+  (SELECT … FOR UPDATE SKIP LOCKED)``: nodes claiming at once split the due rows, and a row
+  another node just claimed fails the re-check of ``next_ms <= now``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tidings.store.base import (
     ReactionChange,
     ReactionRecord,
     ReactionRemoval,
+    ScheduleRecord,
     Store,
     lower_bound,
 )
@@ -41,7 +46,7 @@ __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -82,7 +87,13 @@ _REACTION_REPLACED = (
 )
 
 
-def _migrations(messages: str, prefix: str, reactions: str) -> dict[int, tuple[str, ...]]:
+# Column order equals the field order of ``ScheduleRecord``, so ``ScheduleRecord(*row)`` works.
+_SCHEDULE_COLUMNS = "id, due_ms, kind, channel, payload, created_ms, attempts"
+
+
+def _migrations(
+    messages: str, prefix: str, reactions: str, schedules: str
+) -> dict[int, tuple[str, ...]]:
     """Statements per schema version. Tables are qualified; index names never are (an index
     lives in its table's schema)."""
     return {
@@ -130,6 +141,21 @@ def _migrations(messages: str, prefix: str, reactions: str) -> dict[int, tuple[s
             f'CREATE INDEX IF NOT EXISTS "{prefix}reactions_expires_idx" '
             f"ON {reactions} (expires_ms) WHERE expires_ms IS NOT NULL",
         ),
+        3: (
+            f"""
+            CREATE TABLE IF NOT EXISTS {schedules} (
+                id text COLLATE "C" PRIMARY KEY,
+                due_ms int8 NOT NULL,
+                kind text NOT NULL,
+                channel text NOT NULL,
+                payload text NOT NULL,
+                created_ms int8 NOT NULL,
+                attempts int4 NOT NULL DEFAULT 0,
+                next_ms int8 NOT NULL
+            )
+            """,
+            f'CREATE INDEX IF NOT EXISTS "{prefix}schedules_next_idx" ON {schedules} (next_ms)',
+        ),
     }
 
 
@@ -144,6 +170,7 @@ class PostgresStore:
     Attributes:
         messages_table: the qualified, quoted name of the messages table.
         reactions_table: the qualified, quoted name of the reactions table.
+        schedules_table: the qualified, quoted name of the schedules table.
     """
 
     def __init__(
@@ -194,6 +221,7 @@ class PostgresStore:
         qualifier = f'"{schema}".' if schema is not None else ""
         self.messages_table = f'{qualifier}"{table_prefix}messages"'
         self.reactions_table = f'{qualifier}"{table_prefix}reactions"'
+        self.schedules_table = f'{qualifier}"{table_prefix}schedules"'
         self._version_table = f'{qualifier}"{table_prefix}schema_version"'
         self._pool_kwargs: dict[str, Any] = {
             "min_size": pool_min_size,
@@ -258,6 +286,22 @@ class PostgresStore:
             f"DELETE FROM {reactions} WHERE (channel, message_id, uid, reaction) IN ("
             f"SELECT channel, message_id, uid, reaction FROM {reactions} WHERE expires_ms <= $1 "
             "LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        )
+
+        schedules = self.schedules_table
+        self._add_schedules_sql = (
+            f"INSERT INTO {schedules} ({_SCHEDULE_COLUMNS}, next_ms) "
+            "SELECT i, d, k, c, p, t, 0, d FROM unnest("
+            "$1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[]"
+            ") AS u(i, d, k, c, p, t) ON CONFLICT (id) DO NOTHING"
+        )
+        self._claim_schedules_sql = (
+            f"UPDATE {schedules} SET next_ms = $2, attempts = attempts + 1 WHERE id IN ("
+            f"SELECT id FROM {schedules} WHERE next_ms <= $1 ORDER BY next_ms LIMIT $3 "
+            f"FOR UPDATE SKIP LOCKED) RETURNING {_SCHEDULE_COLUMNS}"
+        )
+        self._delete_schedule_sql = (
+            f"DELETE FROM {schedules} WHERE id = $1 AND (attempts = 0 OR next_ms <= $2)"
         )
 
     # Public methods
@@ -508,6 +552,74 @@ class PostgresStore:
             raise map_error(exc, "sweep_reactions") from exc
         return int(status.rsplit(" ", 1)[-1])
 
+    async def add_schedules(self, records: Sequence[ScheduleRecord]) -> None:
+        """See ``Store.add_schedules``. One statement."""
+        self._check_open()
+        if not records:
+            return
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+        for r in records:
+            for column, value in zip(
+                columns, (r.id, r.due_ms, r.kind, r.channel, r.payload, r.created_ms), strict=True
+            ):
+                column.append(value)
+        try:
+            await self._call("execute", self._add_schedules_sql, *columns)
+        except Exception as exc:
+            raise map_error(exc, "add_schedules") from exc
+
+    async def next_schedule_ms(self) -> int | None:
+        """See ``Store.next_schedule_ms``."""
+        self._check_open()
+        try:
+            value: int | None = await self._call(
+                "fetchval", f"SELECT min(next_ms) FROM {self.schedules_table}"
+            )
+        except Exception as exc:
+            raise map_error(exc, "next_schedule_ms") from exc
+        return value
+
+    async def claim_schedules(
+        self, *, now_ms: int, limit: int, lease_ms: int
+    ) -> list[ScheduleRecord]:
+        """See ``Store.claim_schedules``. A claim whose reply is lost holds its rows until the
+        lease ends; they run then, never twice."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        try:
+            rows = await self._call(
+                "fetch", self._claim_schedules_sql, now_ms, now_ms + lease_ms, limit
+            )
+        except Exception as exc:
+            raise map_error(exc, "claim_schedules") from exc
+        return sorted((ScheduleRecord(*row) for row in rows), key=lambda r: (r.due_ms, r.id))
+
+    async def complete_schedules(self, schedule_ids: Sequence[str]) -> None:
+        """See ``Store.complete_schedules``."""
+        self._check_open()
+        if not schedule_ids:
+            return
+        try:
+            await self._call(
+                "execute",
+                f"DELETE FROM {self.schedules_table} WHERE id = ANY($1::text[])",
+                list(schedule_ids),
+            )
+        except Exception as exc:
+            raise map_error(exc, "complete_schedules") from exc
+
+    async def delete_schedule(self, schedule_id: str, *, now_ms: int) -> bool:
+        """See ``Store.delete_schedule``."""
+        self._check_open()
+        try:
+            status: str = await self._call(
+                "execute", self._delete_schedule_sql, schedule_id, now_ms
+            )
+        except Exception as exc:
+            raise map_error(exc, "delete_schedule") from exc
+        return status != "DELETE 0"
+
     async def aclose(self) -> None:
         """Wait for pending appends and running queries, then close the pool. Idempotent."""
         async with self._open_lock:
@@ -564,7 +676,9 @@ class PostgresStore:
                     f"PostgreSQL table {self._version_table} says schema version {version}, newer "
                     f"than this tidings understands ({SCHEMA_VERSION}); upgrade tidings."
                 )
-            migrations = _migrations(self.messages_table, self._prefix, self.reactions_table)
+            migrations = _migrations(
+                self.messages_table, self._prefix, self.reactions_table, self.schedules_table
+            )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in migrations[target]:
                     await conn.execute(statement)

@@ -15,6 +15,10 @@ Shape:
   partial index on ``expires_ms`` serves the sweeper. ``reactions`` (version 2) is clustered on
   ``(channel, message_id, uid, reaction)``, which is both the one-per-user rule and the seek of
   a page's reactions. The version lives in ``PRAGMA user_version``.
+* **Schedules** (version 3): ``schedules`` keyed by ID, with an index on ``next_ms`` (the due
+  time, pushed to the lease's end when claimed) that serves both the scheduler's next-wake
+  lookup and its claims. A claim is one ``BEGIN IMMEDIATE`` transaction on the writer thread, so
+  processes sharing the file never claim the same row.
 * **Reactions** are written on the writer thread, one transaction per ``apply_reactions()``
   call (a channel lane passes a whole batch at once), between group commits.
 * ``data`` and ``umd`` are stored as TEXT exactly as given, so they round-trip byte for byte.
@@ -39,6 +43,7 @@ from tidings.store.base import (
     ReactionChange,
     ReactionRecord,
     ReactionRemoval,
+    ScheduleRecord,
     Store,
     lower_bound,
 )
@@ -49,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -102,7 +107,35 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS reactions_expires ON reactions (expires_ms) "
         "WHERE expires_ms IS NOT NULL",
     ),
+    3: (
+        """
+        CREATE TABLE IF NOT EXISTS schedules (
+            id TEXT NOT NULL PRIMARY KEY,
+            due_ms INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_ms INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS schedules_next ON schedules (next_ms)",
+    ),
 }
+
+# Column order equals the field order of ``ScheduleRecord``.
+_SCHEDULE_COLUMNS = "id, due_ms, kind, channel, payload, created_ms, attempts"
+_ADD_SCHEDULE = (
+    f"INSERT INTO schedules ({_SCHEDULE_COLUMNS}, next_ms) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_CLAIM_SCHEDULES = (
+    "UPDATE schedules SET next_ms = ?, attempts = attempts + 1 WHERE id IN ("
+    "SELECT id FROM schedules WHERE next_ms <= ? ORDER BY next_ms LIMIT ?) "
+    f"RETURNING {_SCHEDULE_COLUMNS}"
+)
+_DELETE_SCHEDULE = "DELETE FROM schedules WHERE id = ? AND (attempts = 0 OR next_ms <= ?)"
 
 # Column order equals the field order of ``ReactionRecord``, so ``ReactionRecord(*row)`` works.
 _REACTION_COLUMNS = (
@@ -505,6 +538,58 @@ class SqliteStore:
         """
         return await self._sweep(_SWEEP_REACTIONS, now_ms, limit, "sweep_reactions")
 
+    async def add_schedules(self, records: Sequence[ScheduleRecord]) -> None:
+        """See ``Store.add_schedules``. One transaction on the writer thread."""
+        self._check_open()
+        if not records:
+            return
+        rows = [
+            (r.id, r.due_ms, r.kind, r.channel, r.payload, r.created_ms, r.due_ms) for r in records
+        ]
+        await self._write_one("add_schedules", lambda conn: conn.executemany(_ADD_SCHEDULE, rows))
+
+    async def next_schedule_ms(self) -> int | None:
+        """See ``Store.next_schedule_ms``. Runs on a reader thread."""
+        self._check_open()
+        rows = await self._read(_fetch_rows, "SELECT min(next_ms) FROM schedules", ())
+        value: int | None = rows[0][0]
+        return value
+
+    async def claim_schedules(
+        self, *, now_ms: int, limit: int, lease_ms: int
+    ) -> list[ScheduleRecord]:
+        """See ``Store.claim_schedules``. One ``BEGIN IMMEDIATE`` transaction on the writer
+        thread: other processes sharing the file wait for it (``busy_timeout``)."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        rows = await self._write_one(
+            "claim_schedules",
+            lambda conn: conn.execute(
+                _CLAIM_SCHEDULES, (now_ms + lease_ms, now_ms, limit)
+            ).fetchall(),
+        )
+        return sorted((ScheduleRecord(*row) for row in rows), key=lambda r: (r.due_ms, r.id))
+
+    async def complete_schedules(self, schedule_ids: Sequence[str]) -> None:
+        """See ``Store.complete_schedules``. One transaction on the writer thread."""
+        self._check_open()
+        if schedule_ids:
+            rows = [(schedule_id,) for schedule_id in schedule_ids]
+            await self._write_one(
+                "complete_schedules",
+                lambda conn: conn.executemany("DELETE FROM schedules WHERE id = ?", rows),
+            )
+
+    async def delete_schedule(self, schedule_id: str, *, now_ms: int) -> bool:
+        """See ``Store.delete_schedule``."""
+        self._check_open()
+        deleted: int = await self._write_one(
+            "delete_schedule",
+            lambda conn: conn.execute(_DELETE_SCHEDULE, (schedule_id, now_ms)).rowcount,
+        )
+        return deleted > 0
+
     async def aclose(self) -> None:
         """Commit every pending ``append()``, wait for running reads, close all connections.
 
@@ -547,6 +632,31 @@ class SqliteStore:
         assert writer is not None  # _check_open() passed
         try:
             return await writer.run(self._delete_sync, writer, sql, now_ms, limit)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, action) from exc
+
+    async def _write_one(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction on the writer thread, between
+        group commits."""
+        writer = self._writer
+        assert writer is not None  # the caller's _check_open() passed
+
+        def run() -> _T:
+            conn = writer.conn
+            assert conn is not None
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._commits += 1
+            return result
+
+        try:
+            return await writer.run(run)
         except sqlite3.Error as exc:
             raise self._map_error(exc, action) from exc
 

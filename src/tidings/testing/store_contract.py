@@ -31,9 +31,23 @@ import pytest_asyncio
 from ulid import ULID
 
 from tidings.errors import StoreError
-from tidings.store.base import MessageRecord, ReactionRecord, ReactionRemoval, Store
+from tidings.store.base import (
+    MessageRecord,
+    ReactionRecord,
+    ReactionRemoval,
+    ScheduleRecord,
+    Store,
+)
 
-__all__ = ["T0", "StoreContract", "StoreFactory", "make_reaction", "make_record", "ulid_at"]
+__all__ = [
+    "T0",
+    "StoreContract",
+    "StoreFactory",
+    "make_reaction",
+    "make_record",
+    "make_schedule",
+    "ulid_at",
+]
 
 StoreFactory = Callable[[], Store]
 
@@ -111,6 +125,30 @@ def make_reaction(
         source_ip=source_ip,
         user_agent=user_agent,
     )
+
+
+def make_schedule(
+    due_ms: int = T0,
+    *,
+    sequence: int = 0,
+    kind: str = "message",
+    channel: str = "room.1",
+    payload: str = '{"event":"chat"}',
+    created_ms: int = T0 - 1000,
+) -> ScheduleRecord:
+    """A schedule due at ``due_ms``, with ID ``ulid_at(created_ms, sequence)``."""
+    return ScheduleRecord(
+        id=ulid_at(created_ms, sequence),
+        due_ms=due_ms,
+        kind=kind,
+        channel=channel,
+        payload=payload,
+        created_ms=created_ms,
+    )
+
+
+def _claimed(record: ScheduleRecord, attempts: int = 1) -> ScheduleRecord:
+    return dataclasses.replace(record, attempts=attempts)
 
 
 def _removal(reaction: ReactionRecord) -> ReactionRemoval:
@@ -854,3 +892,172 @@ class StoreContract:
                 message.id: reactions[:1]
             }
             assert await third.sweep_reactions(now_ms=T0 + 100) == 1
+
+    # Schedules (spec §14)
+
+    async def test_store_has_no_schedule_when_empty(self, store: Store) -> None:
+        """No schedule: nothing to wait for and nothing to claim."""
+        assert await store.next_schedule_ms() is None
+        assert await store.claim_schedules(now_ms=T0, limit=10, lease_ms=1000) == []
+
+    async def test_store_next_schedule_is_the_earliest_due(self, store: Store) -> None:
+        """The next wake-up is the earliest due time, whatever the insertion order."""
+        await store.add_schedules([make_schedule(T0 + 300, sequence=1)])
+        await store.add_schedules(
+            [make_schedule(T0 + 100, sequence=2), make_schedule(T0 + 200, sequence=3)]
+        )
+        assert await store.next_schedule_ms() == T0 + 100
+
+    async def test_store_claims_only_due_schedules_earliest_first(self, store: Store) -> None:
+        """A claim returns the due schedules in due order (ties by ID), counting the claim."""
+        late = make_schedule(T0 + 1, sequence=1)
+        first = make_schedule(T0 - 50, sequence=5)
+        tie_a = make_schedule(T0, sequence=2)
+        tie_b = make_schedule(T0, sequence=3)
+        await store.add_schedules([late, tie_b, first, tie_a])
+        claimed = await store.claim_schedules(now_ms=T0, limit=10, lease_ms=1000)
+        assert claimed == [_claimed(first), _claimed(tie_a), _claimed(tie_b)]
+
+    async def test_store_claim_respects_limit(self, store: Store) -> None:
+        """At most ``limit`` are claimed; the rest stay for the next claim."""
+        schedules = [make_schedule(T0 + i, sequence=i) for i in range(5)]
+        await store.add_schedules(schedules)
+        first = await store.claim_schedules(now_ms=T0 + 10, limit=3, lease_ms=1000)
+        second = await store.claim_schedules(now_ms=T0 + 10, limit=3, lease_ms=1000)
+        assert first == [_claimed(s) for s in schedules[:3]]
+        assert second == [_claimed(s) for s in schedules[3:]]
+        assert await store.claim_schedules(now_ms=T0 + 10, limit=0, lease_ms=1000) == []
+
+    async def test_store_claim_holds_schedules_for_the_lease(self, store: Store) -> None:
+        """A claimed schedule is not handed out again before its lease ends; after it (the
+        claimer died), it is, once more, with the attempt counted."""
+        schedule = make_schedule(T0)
+        await store.add_schedules([schedule])
+        assert await store.claim_schedules(now_ms=T0, limit=10, lease_ms=500) == [
+            _claimed(schedule)
+        ]
+        assert await store.next_schedule_ms() == T0 + 500
+        assert await store.claim_schedules(now_ms=T0 + 499, limit=10, lease_ms=500) == []
+        assert await store.claim_schedules(now_ms=T0 + 500, limit=10, lease_ms=500) == [
+            _claimed(schedule, 2)
+        ]
+
+    async def test_store_completed_schedules_are_gone(self, store: Store) -> None:
+        """Completing forgets schedules; repeating it, or naming unknown IDs, is harmless."""
+        done, other = make_schedule(T0, sequence=1), make_schedule(T0 + 5, sequence=2)
+        await store.add_schedules([done, other])
+        await store.claim_schedules(now_ms=T0, limit=10, lease_ms=1000)
+        await store.complete_schedules([done.id])
+        await store.complete_schedules([done.id, ulid_at(T0, 99)])
+        await store.complete_schedules([])
+        assert await store.next_schedule_ms() == T0 + 5
+        assert await store.claim_schedules(now_ms=T0 + 5000, limit=10, lease_ms=1000) == [
+            _claimed(other)
+        ]
+        await store.complete_schedules([other.id])
+        assert await store.next_schedule_ms() is None
+
+    async def test_store_add_schedules_is_idempotent(self, store: Store) -> None:
+        """A schedule ID already stored is ignored, so a retried add never runs twice."""
+        schedule = make_schedule(T0)
+        await store.add_schedules([schedule])
+        await store.add_schedules([dataclasses.replace(schedule, due_ms=T0 - 10)])
+        await store.add_schedules([])
+        assert await store.claim_schedules(now_ms=T0, limit=10, lease_ms=1000) == [
+            _claimed(schedule)
+        ]
+
+    async def test_store_deletes_only_pending_schedules(self, store: Store) -> None:
+        """Cancelling a pending schedule works once; an unknown, completed or running one
+        (lease live) is refused; one whose claimer's lease ran out is pending again."""
+        pending, running, done = (make_schedule(T0 + i, sequence=i) for i in range(3))
+        await store.add_schedules([pending, running, done])
+        assert await store.delete_schedule(pending.id, now_ms=T0) is True
+        assert await store.delete_schedule(pending.id, now_ms=T0) is False
+        assert await store.delete_schedule(ulid_at(T0, 42), now_ms=T0) is False
+        claimed = await store.claim_schedules(now_ms=T0 + 2, limit=10, lease_ms=100)
+        assert claimed == [_claimed(running), _claimed(done)]
+        await store.complete_schedules([done.id])
+        assert await store.delete_schedule(done.id, now_ms=T0 + 2) is False
+        assert await store.delete_schedule(running.id, now_ms=T0 + 50) is False
+        assert await store.delete_schedule(running.id, now_ms=T0 + 102) is True
+        assert await store.next_schedule_ms() is None
+
+    async def test_store_round_trips_schedule_fields(self, store: Store) -> None:
+        """Kind, channel and payload come back exactly (the payload is opaque JSON text)."""
+        schedule = make_schedule(
+            T0,
+            kind="storage",
+            channel="presence.ünï 😀",
+            payload='{"data":"a\\u0000b","meta":"{\\"uid\\":\\"Jim\\"}","x":"日本"}',
+        )
+        await store.add_schedules([schedule])
+        assert await store.claim_schedules(now_ms=T0, limit=1, lease_ms=1) == [_claimed(schedule)]
+
+    async def test_store_concurrent_claims_never_share_a_schedule(
+        self, make_store: StoreFactory, store: Store
+    ) -> None:
+        """Claims racing on one store, and on other instances over the same data (other
+        nodes), hand each schedule to exactly one of them."""
+        schedules = [make_schedule(T0 + i % 7, sequence=i) for i in range(300)]
+        await store.add_schedules(schedules)
+        others: list[Store] = []
+        if self.persistent:
+            others = [make_store() for _ in range(2)]
+            for other in others:
+                await other.open()
+        try:
+            claimers = [store, store, *others, *others]
+
+            async def drain(claimer: Store) -> list[str]:
+                got: list[str] = []
+                while batch := await claimer.claim_schedules(
+                    now_ms=T0 + 10, limit=7, lease_ms=60_000
+                ):
+                    got += [s.id for s in batch]
+                return got
+
+            claimed = [i for ids in await asyncio.gather(*map(drain, claimers)) for i in ids]
+        finally:
+            for other in others:
+                await other.aclose()
+        assert sorted(claimed) == sorted(s.id for s in schedules)
+
+    async def test_store_schedules_survive_close_and_reopen(self, make_store: StoreFactory) -> None:
+        """A persistent backend keeps pending schedules and their claims across a restart."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        pending, claimed = make_schedule(T0 + 10, sequence=1), make_schedule(T0, sequence=2)
+        store = make_store()
+        await store.open()
+        try:
+            await store.add_schedules([pending, claimed])
+            await store.claim_schedules(now_ms=T0, limit=10, lease_ms=1000)
+        finally:
+            await store.aclose()
+        async with self.reopened(make_store) as other:
+            assert await other.next_schedule_ms() == T0 + 10
+            assert await other.claim_schedules(now_ms=T0 + 10, limit=10, lease_ms=1000) == [
+                _claimed(pending)
+            ]
+            assert await other.claim_schedules(now_ms=T0 + 1000, limit=10, lease_ms=1000) == [
+                _claimed(claimed, 2)
+            ]
+
+    async def test_store_refuses_schedule_calls_after_aclose(
+        self, make_store: StoreFactory
+    ) -> None:
+        """Schedule calls on a closed store raise ``StoreError``."""
+        store = make_store()
+        await store.open()
+        await store.aclose()
+        with pytest.raises(StoreError):
+            await store.add_schedules([make_schedule()])
+        with pytest.raises(StoreError):
+            await store.next_schedule_ms()
+        with pytest.raises(StoreError):
+            await store.claim_schedules(now_ms=T0, limit=1, lease_ms=1)
+        with pytest.raises(StoreError):
+            await store.complete_schedules([ulid_at(T0)])
+        with pytest.raises(StoreError):
+            await store.delete_schedule(ulid_at(T0), now_ms=T0)
