@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ import pytest
 import websockets
 from joserfc import jwt
 from joserfc.jwk import OctKey
+from tests.openapi_check import ResponseChecker, recording_middleware
 
 from tidings.config import (
     AuthSettings,
@@ -200,12 +202,14 @@ async def start_server() -> AsyncIterator[StartServer]:
     """Factory: ``await start_server(**setting_overrides)`` starts a node on 127.0.0.1:0."""
     servers: list[Server] = []
     http = aiohttp.ClientSession()
+    problems: list[str] = []  # answers that break the OpenAPI document
 
     async def start(wrap_store: Callable[[Store], Store] | None = None, **overrides: Any) -> Server:
         """``wrap_store`` puts a fault in front of the real store the settings name."""
         settings = make_settings(**overrides)
         store = open_store(settings.backends.store)
         node = Node(settings, store=wrap_store(store) if wrap_store else store)
+        node.app.middlewares.insert(0, recording_middleware(_openapi_checker(), problems))
         await node.start()
         server = Server(node, http)
         servers.append(server)
@@ -215,6 +219,16 @@ async def start_server() -> AsyncIterator[StartServer]:
     for server in servers:
         await server.aclose()
     await http.close()
+    if problems:
+        pytest.fail(
+            "responses do not match the OpenAPI document (src/tidings/server/openapi/):\n"
+            + "\n".join(sorted(set(problems)))
+        )
+
+
+@functools.cache
+def _openapi_checker() -> ResponseChecker:
+    return ResponseChecker()
 
 
 @pytest.fixture
