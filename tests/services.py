@@ -116,7 +116,7 @@ async def drop_store_tables(table_prefix: str) -> None:
     """Drop the tables a ``PostgresStore`` with ``table_prefix`` made in the default schema."""
     await postgres_execute(
         f'DROP TABLE IF EXISTS "{table_prefix}messages", "{table_prefix}reactions", '
-        f'"{table_prefix}schedules", '
+        f'"{table_prefix}schedules", "{table_prefix}revocations", '
         f'"{table_prefix}schema_version"'
     )
 

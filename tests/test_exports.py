@@ -26,6 +26,8 @@ def test_public_modules_declare_all() -> None:
         "tidings.core.patterns",
         "tidings.core.presence",
         "tidings.core.reactions",
+        "tidings.core.revocations",
+        "tidings.core.moderation",
         "tidings.hub.hub",
         "tidings.hub.publishing",
         "tidings.hub.subscriptions",

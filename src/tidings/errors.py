@@ -107,6 +107,10 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009  # inbound frame over 128 KiB
     INTERNAL_ERROR = 1011
     SLOW_CONSUMER = 1013  # outbound queue over its bound: reconnect later
+    # 4000-4499 "reconnect", 4500-4999 "terminal": a convention apps implement, since
+    # hotsock-js reconnects whatever the code (core/moderation.py)
+    DISCONNECTED = 4500  # an operator's disconnect without a code of its own
+    REVOKED = 4501  # the connect token was revoked: reconnecting with it is refused anyway
 
 
 class TidingsError(Exception):

@@ -104,8 +104,8 @@ async def test_postgres_store_refuses_newer_schema(schema: str) -> None:
 
 @pytest.mark.integration
 async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
-    """A schema made before reactions existed keeps its messages and gains reactions and
-    schedules."""
+    """A schema made before reactions existed keeps its messages and gains reactions,
+    schedules and revocations."""
     from tidings.store.postgres import _migrations
 
     store = PostgresStore(POSTGRES_URL, schema=schema)
@@ -115,7 +115,13 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
-        tables = (store.messages_table, "tidings_", store.reactions_table, store.schedules_table)
+        tables = (
+            store.messages_table,
+            "tidings_",
+            store.reactions_table,
+            store.schedules_table,
+            store.revocations_table,
+        )
         for statement in _migrations(*tables)[1]:
             await conn.execute(statement)
         await conn.execute(
@@ -138,6 +144,7 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
         assert await store.apply_reactions([reaction], now_ms=T0) == [reaction]
         await store.add_schedules([make_schedule(T0)])
         assert await store.next_schedule_ms() == T0
+        assert await store.list_revocations(now_ms=T0) == []
     finally:
         await store.aclose()
 

@@ -322,8 +322,8 @@ async def test_sqlite_store_refuses_newer_schema(tmp_path: Path) -> None:
 
 
 async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
-    """A file written before reactions existed keeps its messages and gains reactions and
-    schedules."""
+    """A file written before reactions existed keeps its messages and gains reactions,
+    schedules and revocations."""
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as raw:
         for statement in _MIGRATIONS[1]:
@@ -344,6 +344,7 @@ async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
         assert await store.apply_reactions([reaction], now_ms=T0) == [reaction]
         await store.add_schedules([make_schedule(T0)])
         assert await store.next_schedule_ms() == T0
+        assert await store.list_revocations(now_ms=T0) == []
     finally:
         await store.aclose()
     with sqlite3.connect(path) as raw:

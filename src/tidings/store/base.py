@@ -1,5 +1,6 @@
 """The ``Store`` interface: durable message history with per-message TTL (spec §9), the
-reactions on stored messages (spec §12), and the pending schedules (spec §14).
+reactions on stored messages (spec §12), the pending schedules (spec §14), and token
+revocations (spec §24.2).
 
 Every backend (``memory://``, ``sqlite:///…``, ``postgresql://…``) passes the contract suite in
 ``tidings.testing.store_contract``.
@@ -11,11 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tidings.core.revocations import Revocation, RevocationKind
+
 __all__ = [
     "MessageRecord",
     "ReactionChange",
     "ReactionRecord",
     "ReactionRemoval",
+    "Revocation",
+    "RevocationKind",
     "ScheduleRecord",
     "Store",
     "lower_bound",
@@ -219,6 +224,28 @@ class Store(Protocol):
     async def delete_schedule(self, schedule_id: str, *, now_ms: int) -> bool:
         """Cancel a pending schedule. True when it was deleted; False when it is unknown, has
         run, or is running (claimed, lease not over)."""
+        ...
+
+    async def put_revocation(self, revocation: Revocation) -> None:
+        """Store ``revocation`` durably, replacing any of the same kind and value.
+
+        Raises:
+            StoreUnavailable: the backend cannot be reached; nothing was written.
+            StoreError: any other failure.
+        """
+        ...
+
+    async def list_revocations(self, *, now_ms: int) -> list[Revocation]:
+        """Every unexpired revocation (``expires_ms > now_ms``), ordered by kind, then value."""
+        ...
+
+    async def delete_revocation(self, kind: RevocationKind, value: str, *, now_ms: int) -> bool:
+        """Delete the revocation of ``kind`` and ``value``; True when an unexpired one was
+        deleted (an expired one is deleted too, but counts as absent)."""
+        ...
+
+    async def sweep_revocations(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Physically delete at most ``limit`` expired revocations; return how many."""
         ...
 
     async def aclose(self) -> None:

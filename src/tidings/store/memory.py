@@ -20,6 +20,8 @@ from tidings.store.base import (
     ReactionChange,
     ReactionRecord,
     ReactionRemoval,
+    Revocation,
+    RevocationKind,
     ScheduleRecord,
     Store,
 )
@@ -76,6 +78,7 @@ class MemoryStore:
         # (next claimable instant, schedule ID); an entry whose schedule was claimed (moved) or
         # deleted since is skipped
         self._schedule_heap: list[tuple[int, str]] = []
+        self._revocations: dict[tuple[str, str], Revocation] = {}  # (kind, value) -> revocation
         self._closed = False
 
     # Public methods
@@ -289,11 +292,33 @@ class MemoryStore:
         del self._schedules[schedule_id]
         return True
 
+    async def put_revocation(self, revocation: Revocation) -> None:
+        self._check_open()
+        self._revocations[(revocation.kind.value, revocation.value)] = revocation
+
+    async def list_revocations(self, *, now_ms: int) -> list[Revocation]:
+        self._check_open()
+        return [r for _, r in sorted(self._revocations.items()) if r.expires_ms > now_ms]
+
+    async def delete_revocation(self, kind: RevocationKind, value: str, *, now_ms: int) -> bool:
+        self._check_open()
+        removed = self._revocations.pop((kind.value, value), None)
+        return removed is not None and removed.expires_ms > now_ms
+
+    async def sweep_revocations(self, *, now_ms: int, limit: int = 1000) -> int:
+        """A scan: revocations are few, and swept once per sweep interval."""
+        self._check_open()
+        expired = [k for k, r in self._revocations.items() if r.expires_ms <= now_ms][:limit]
+        for key in expired:
+            del self._revocations[key]
+        return len(expired)
+
     async def aclose(self) -> None:
         """Drop all records. Idempotent."""
         self._closed = True
         self._schedules.clear()
         self._schedule_heap.clear()
+        self._revocations.clear()
         self._channels.clear()
         self._expiry.clear()
         self._reactions.clear()

@@ -20,6 +20,8 @@ Shape:
   (the due time, pushed to the lease's end when claimed). A claim is one ``UPDATE … WHERE id IN
   (SELECT … FOR UPDATE SKIP LOCKED)``: nodes claiming at once split the due rows, and a row
   another node just claimed fails the re-check of ``next_ms <= now``.
+* **Revocations** (version 4): ``<prefix>revocations`` keyed by ``(kind, value)``; every node
+  reads the whole (small) table once per sweep.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from tidings.store.base import (
     ReactionChange,
     ReactionRecord,
     ReactionRemoval,
+    Revocation,
+    RevocationKind,
     ScheduleRecord,
     Store,
     lower_bound,
@@ -46,7 +50,7 @@ __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -92,7 +96,7 @@ _SCHEDULE_COLUMNS = "id, due_ms, kind, channel, payload, created_ms, attempts"
 
 
 def _migrations(
-    messages: str, prefix: str, reactions: str, schedules: str
+    messages: str, prefix: str, reactions: str, schedules: str, revocations: str
 ) -> dict[int, tuple[str, ...]]:
     """Statements per schema version. Tables are qualified; index names never are (an index
     lives in its table's schema)."""
@@ -156,6 +160,20 @@ def _migrations(
             """,
             f'CREATE INDEX IF NOT EXISTS "{prefix}schedules_next_idx" ON {schedules} (next_ms)',
         ),
+        4: (
+            f"""
+            CREATE TABLE IF NOT EXISTS {revocations} (
+                kind text COLLATE "C" NOT NULL,
+                value text COLLATE "C" NOT NULL,
+                issued_before_ms int8,
+                created_ms int8 NOT NULL,
+                expires_ms int8 NOT NULL,
+                PRIMARY KEY (kind, value)
+            )
+            """,
+            f'CREATE INDEX IF NOT EXISTS "{prefix}revocations_expires_idx" '
+            f"ON {revocations} (expires_ms)",
+        ),
     }
 
 
@@ -171,6 +189,7 @@ class PostgresStore:
         messages_table: the qualified, quoted name of the messages table.
         reactions_table: the qualified, quoted name of the reactions table.
         schedules_table: the qualified, quoted name of the schedules table.
+        revocations_table: the qualified, quoted name of the revocations table.
     """
 
     def __init__(
@@ -208,7 +227,7 @@ class PostgresStore:
         check_identifiers(schema=schema, table_prefix=table_prefix)
         if schema is not None and len(schema) > 63:
             raise ConfigError(f"PostgreSQL schema {schema!r} is longer than 63 bytes.")
-        if len(table_prefix) + len("reactions_expires_idx") > 63:
+        if len(table_prefix) + len("revocations_expires_idx") > 63:
             raise ConfigError(f"PostgreSQL table_prefix {table_prefix!r} is too long.")
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1 or max_writers < 1:
             raise ConfigError(
@@ -222,6 +241,7 @@ class PostgresStore:
         self.messages_table = f'{qualifier}"{table_prefix}messages"'
         self.reactions_table = f'{qualifier}"{table_prefix}reactions"'
         self.schedules_table = f'{qualifier}"{table_prefix}schedules"'
+        self.revocations_table = f'{qualifier}"{table_prefix}revocations"'
         self._version_table = f'{qualifier}"{table_prefix}schema_version"'
         self._pool_kwargs: dict[str, Any] = {
             "min_size": pool_min_size,
@@ -620,6 +640,74 @@ class PostgresStore:
             raise map_error(exc, "delete_schedule") from exc
         return status != "DELETE 0"
 
+    async def put_revocation(self, revocation: Revocation) -> None:
+        """See ``Store.put_revocation``."""
+        self._check_open()
+        r = revocation
+        try:
+            await self._call(
+                "execute",
+                f"INSERT INTO {self.revocations_table} "
+                "(kind, value, issued_before_ms, created_ms, expires_ms) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, value) DO UPDATE SET "
+                "issued_before_ms = EXCLUDED.issued_before_ms, "
+                "created_ms = EXCLUDED.created_ms, expires_ms = EXCLUDED.expires_ms",
+                r.kind.value,
+                r.value,
+                r.issued_before_ms,
+                r.created_ms,
+                r.expires_ms,
+            )
+        except Exception as exc:
+            raise map_error(exc, "put_revocation") from exc
+
+    async def list_revocations(self, *, now_ms: int) -> list[Revocation]:
+        """See ``Store.list_revocations``."""
+        self._check_open()
+        try:
+            rows = await self._call(
+                "fetch",
+                "SELECT kind, value, issued_before_ms, created_ms, expires_ms "
+                f"FROM {self.revocations_table} WHERE expires_ms > $1 ORDER BY kind, value",
+                now_ms,
+            )
+        except Exception as exc:
+            raise map_error(exc, "list_revocations") from exc
+        return [Revocation(RevocationKind(row[0]), *row[1:]) for row in rows]
+
+    async def delete_revocation(self, kind: RevocationKind, value: str, *, now_ms: int) -> bool:
+        """See ``Store.delete_revocation``."""
+        self._check_open()
+        try:
+            expires_ms = await self._call(
+                "fetchval",
+                f"DELETE FROM {self.revocations_table} WHERE kind = $1 AND value = $2 "
+                "RETURNING expires_ms",
+                kind.value,
+                value,
+            )
+        except Exception as exc:
+            raise map_error(exc, "delete_revocation") from exc
+        return expires_ms is not None and expires_ms > now_ms
+
+    async def sweep_revocations(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Delete at most ``limit`` revocations with ``expires_ms <= now_ms``; return the count."""
+        self._check_open()
+        if limit <= 0:
+            return 0
+        table = self.revocations_table
+        try:
+            status: str = await self._call(
+                "execute",
+                f"DELETE FROM {table} WHERE (kind, value) IN (SELECT kind, value FROM {table} "
+                "WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now_ms,
+                limit,
+            )
+        except Exception as exc:
+            raise map_error(exc, "sweep_revocations") from exc
+        return int(status.rsplit(" ", 1)[-1])
+
     async def aclose(self) -> None:
         """Wait for pending appends and running queries, then close the pool. Idempotent."""
         async with self._open_lock:
@@ -677,7 +765,11 @@ class PostgresStore:
                     f"than this tidings understands ({SCHEMA_VERSION}); upgrade tidings."
                 )
             migrations = _migrations(
-                self.messages_table, self._prefix, self.reactions_table, self.schedules_table
+                self.messages_table,
+                self._prefix,
+                self.reactions_table,
+                self.schedules_table,
+                self.revocations_table,
             )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in migrations[target]:

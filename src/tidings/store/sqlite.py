@@ -19,6 +19,7 @@ Shape:
   time, pushed to the lease's end when claimed) that serves both the scheduler's next-wake
   lookup and its claims. A claim is one ``BEGIN IMMEDIATE`` transaction on the writer thread, so
   processes sharing the file never claim the same row.
+* **Revocations** (version 4): ``revocations`` keyed by ``(kind, value)``.
 * **Reactions** are written on the writer thread, one transaction per ``apply_reactions()``
   call (a channel lane passes a whole batch at once), between group commits.
 * ``data`` and ``umd`` are stored as TEXT exactly as given, so they round-trip byte for byte.
@@ -43,6 +44,8 @@ from tidings.store.base import (
     ReactionChange,
     ReactionRecord,
     ReactionRemoval,
+    Revocation,
+    RevocationKind,
     ScheduleRecord,
     Store,
     lower_bound,
@@ -54,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -122,6 +125,19 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "CREATE INDEX IF NOT EXISTS schedules_next ON schedules (next_ms)",
     ),
+    4: (
+        """
+        CREATE TABLE IF NOT EXISTS revocations (
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            issued_before_ms INTEGER,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            PRIMARY KEY (kind, value)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS revocations_expires ON revocations (expires_ms)",
+    ),
 }
 
 # Column order equals the field order of ``ScheduleRecord``.
@@ -136,6 +152,22 @@ _CLAIM_SCHEDULES = (
     f"RETURNING {_SCHEDULE_COLUMNS}"
 )
 _DELETE_SCHEDULE = "DELETE FROM schedules WHERE id = ? AND (attempts = 0 OR next_ms <= ?)"
+
+_PUT_REVOCATION = (
+    "INSERT INTO revocations (kind, value, issued_before_ms, created_ms, expires_ms) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, value) DO UPDATE SET "
+    "issued_before_ms = excluded.issued_before_ms, created_ms = excluded.created_ms, "
+    "expires_ms = excluded.expires_ms"
+)
+_LIST_REVOCATIONS = (
+    "SELECT kind, value, issued_before_ms, created_ms, expires_ms FROM revocations "
+    "WHERE expires_ms > ? ORDER BY kind, value"
+)
+_DELETE_REVOCATION = "DELETE FROM revocations WHERE kind = ? AND value = ? RETURNING expires_ms"
+_SWEEP_REVOCATIONS = (
+    "DELETE FROM revocations WHERE (kind, value) IN ("
+    "SELECT kind, value FROM revocations WHERE expires_ms <= ? LIMIT ?)"
+)
 
 # Column order equals the field order of ``ReactionRecord``, so ``ReactionRecord(*row)`` works.
 _REACTION_COLUMNS = (
@@ -589,6 +621,32 @@ class SqliteStore:
             lambda conn: conn.execute(_DELETE_SCHEDULE, (schedule_id, now_ms)).rowcount,
         )
         return deleted > 0
+
+    async def put_revocation(self, revocation: Revocation) -> None:
+        """See ``Store.put_revocation``. One transaction on the writer thread."""
+        self._check_open()
+        r = revocation
+        row = (r.kind.value, r.value, r.issued_before_ms, r.created_ms, r.expires_ms)
+        await self._write_one("put_revocation", lambda conn: conn.execute(_PUT_REVOCATION, row))
+
+    async def list_revocations(self, *, now_ms: int) -> list[Revocation]:
+        """See ``Store.list_revocations``. Runs on a reader thread."""
+        self._check_open()
+        rows = await self._read(_fetch_rows, _LIST_REVOCATIONS, (now_ms,))
+        return [Revocation(RevocationKind(row[0]), *row[1:]) for row in rows]
+
+    async def delete_revocation(self, kind: RevocationKind, value: str, *, now_ms: int) -> bool:
+        """See ``Store.delete_revocation``. One transaction on the writer thread."""
+        self._check_open()
+        rows: list[Any] = await self._write_one(
+            "delete_revocation",
+            lambda conn: conn.execute(_DELETE_REVOCATION, (kind.value, value)).fetchall(),
+        )
+        return bool(rows) and rows[0][0] > now_ms
+
+    async def sweep_revocations(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Delete at most ``limit`` revocations with ``expires_ms <= now_ms``; return the count."""
+        return await self._sweep(_SWEEP_REVOCATIONS, now_ms, limit, "sweep_revocations")
 
     async def aclose(self) -> None:
         """Commit every pending ``append()``, wait for running reads, close all connections.

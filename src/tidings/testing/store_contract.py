@@ -35,6 +35,8 @@ from tidings.store.base import (
     MessageRecord,
     ReactionRecord,
     ReactionRemoval,
+    Revocation,
+    RevocationKind,
     ScheduleRecord,
     Store,
 )
@@ -1048,6 +1050,71 @@ class StoreContract:
         self, make_store: StoreFactory
     ) -> None:
         """Schedule calls on a closed store raise ``StoreError``."""
+
+    # Revocations
+
+    async def test_store_lists_unexpired_revocations_in_order(self, store: Store) -> None:
+        """Revocations come back by kind then value, expired ones left out."""
+        by_uid = _revocation(RevocationKind.UID, "alice", issued_before_ms=T0 - 5)
+        b = _revocation(RevocationKind.JTI, "b")
+        a = _revocation(RevocationKind.JTI, "a", expires_ms=T0 + 10)
+        for revocation in (by_uid, b, a):
+            await store.put_revocation(revocation)
+        assert await store.list_revocations(now_ms=T0) == [a, b, by_uid]
+        assert await store.list_revocations(now_ms=T0 + 10) == [b, by_uid]
+
+    async def test_store_revocation_of_same_target_replaces(self, store: Store) -> None:
+        """A second revocation of one jti or uid replaces the first; kinds are distinct."""
+        await store.put_revocation(_revocation(RevocationKind.UID, "x", issued_before_ms=T0))
+        later = _revocation(RevocationKind.UID, "x", issued_before_ms=T0 + 5, expires_ms=T0 + 99)
+        await store.put_revocation(later)
+        same_value = _revocation(RevocationKind.JTI, "x")
+        await store.put_revocation(same_value)
+        assert await store.list_revocations(now_ms=T0) == [same_value, later]
+
+    async def test_store_deletes_a_revocation(self, store: Store) -> None:
+        """delete_revocation reports whether a live revocation was deleted."""
+        await store.put_revocation(_revocation(RevocationKind.JTI, "j"))
+        await store.put_revocation(_revocation(RevocationKind.JTI, "old", expires_ms=T0 + 1))
+        assert await store.delete_revocation(RevocationKind.UID, "j", now_ms=T0) is False
+        assert await store.delete_revocation(RevocationKind.JTI, "j", now_ms=T0) is True
+        assert await store.delete_revocation(RevocationKind.JTI, "j", now_ms=T0) is False
+        assert await store.delete_revocation(RevocationKind.JTI, "old", now_ms=T0 + 1) is False
+        assert await store.list_revocations(now_ms=T0) == []
+
+    async def test_store_sweeps_expired_revocations(self, store: Store) -> None:
+        """sweep_revocations deletes expired ones, at most ``limit`` per call."""
+        for n in range(5):
+            await store.put_revocation(_revocation(RevocationKind.JTI, f"j{n}", expires_ms=T0 + n))
+        assert await store.sweep_revocations(now_ms=T0 + 2, limit=2) == 2
+        assert await store.sweep_revocations(now_ms=T0 + 2) == 1
+        assert await store.sweep_revocations(now_ms=T0 + 2, limit=0) == 0
+        assert [r.value for r in await store.list_revocations(now_ms=T0)] == ["j3", "j4"]
+
+    async def test_store_revocations_survive_close_and_reopen(
+        self, make_store: StoreFactory
+    ) -> None:
+        """A persistent backend keeps revocations across a restart."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        kept = [
+            _revocation(RevocationKind.JTI, "jti-\u00e9"),
+            _revocation(RevocationKind.UID, "u", issued_before_ms=T0),
+        ]
+        store = make_store()
+        await store.open()
+        try:
+            for revocation in kept:
+                await store.put_revocation(revocation)
+        finally:
+            await store.aclose()
+        async with self.reopened(make_store) as other:
+            assert await other.list_revocations(now_ms=T0) == kept
+
+    async def test_store_refuses_revocation_calls_after_aclose(
+        self, make_store: StoreFactory
+    ) -> None:
+        """Revocation calls on a closed store raise ``StoreError``."""
         store = make_store()
         await store.open()
         await store.aclose()
@@ -1061,3 +1128,20 @@ class StoreContract:
             await store.complete_schedules([ulid_at(T0)])
         with pytest.raises(StoreError):
             await store.delete_schedule(ulid_at(T0), now_ms=T0)
+            await store.put_revocation(_revocation(RevocationKind.JTI, "j"))
+        with pytest.raises(StoreError):
+            await store.list_revocations(now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.delete_revocation(RevocationKind.JTI, "j", now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.sweep_revocations(now_ms=T0)
+
+
+def _revocation(
+    kind: RevocationKind,
+    value: str,
+    *,
+    issued_before_ms: int | None = None,
+    expires_ms: int = T0 + 3_600_000,
+) -> Revocation:
+    return Revocation(kind, value, issued_before_ms, T0 - 1000, expires_ms)
