@@ -118,6 +118,7 @@ async def drop_store_tables(table_prefix: str) -> None:
         f'DROP TABLE IF EXISTS "{table_prefix}messages", "{table_prefix}reactions", '
         f'"{table_prefix}schedules", "{table_prefix}revocations", '
         f'"{table_prefix}schema_version"'
+        f'"{table_prefix}storage", "{table_prefix}schema_version"'
     )
 
 

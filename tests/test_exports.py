@@ -28,6 +28,7 @@ def test_public_modules_declare_all() -> None:
         "tidings.core.reactions",
         "tidings.core.revocations",
         "tidings.core.moderation",
+        "tidings.core.storage",
         "tidings.hub.hub",
         "tidings.hub.publishing",
         "tidings.hub.subscriptions",

@@ -18,11 +18,13 @@ from tests.services import POSTGRES_URL, drop_store_tables, postgres_schema
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store import open_store
+from tidings.store.base import StorageOutcome
 from tidings.store.postgres import PostgresStore
 from tidings.testing.store_contract import (
     T0,
     StoreContract,
     StoreFactory,
+    make_entry,
     make_reaction,
     make_record,
     make_schedule,
@@ -105,7 +107,7 @@ async def test_postgres_store_refuses_newer_schema(schema: str) -> None:
 @pytest.mark.integration
 async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
     """A schema made before reactions existed keeps its messages and gains reactions,
-    schedules and revocations."""
+    schedules, revocations and channel storage."""
     from tidings.store.postgres import _migrations
 
     store = PostgresStore(POSTGRES_URL, schema=schema)
@@ -121,6 +123,7 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
             store.reactions_table,
             store.schedules_table,
             store.revocations_table,
+            store.storage_table,
         )
         for statement in _migrations(*tables)[1]:
             await conn.execute(statement)
@@ -145,6 +148,8 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
         await store.add_schedules([make_schedule(T0)])
         assert await store.next_schedule_ms() == T0
         assert await store.list_revocations(now_ms=T0) == []
+        entry = make_entry()
+        assert await store.apply_storage([entry], now_ms=T0) == [StorageOutcome(None, entry, True)]
     finally:
         await store.aclose()
 

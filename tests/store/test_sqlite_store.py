@@ -16,12 +16,13 @@ import pytest
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store import open_store
-from tidings.store.base import lower_bound
+from tidings.store.base import StorageOutcome, lower_bound
 from tidings.store.sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore, _list_sql
 from tidings.testing.store_contract import (
     T0,
     StoreContract,
     StoreFactory,
+    make_entry,
     make_reaction,
     make_record,
     make_schedule,
@@ -323,7 +324,7 @@ async def test_sqlite_store_refuses_newer_schema(tmp_path: Path) -> None:
 
 async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
     """A file written before reactions existed keeps its messages and gains reactions,
-    schedules and revocations."""
+    schedules, revocations and channel storage."""
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as raw:
         for statement in _MIGRATIONS[1]:
@@ -345,6 +346,8 @@ async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
         await store.add_schedules([make_schedule(T0)])
         assert await store.next_schedule_ms() == T0
         assert await store.list_revocations(now_ms=T0) == []
+        entry = make_entry()
+        assert await store.apply_storage([entry], now_ms=T0) == [StorageOutcome(None, entry, True)]
     finally:
         await store.aclose()
     with sqlite3.connect(path) as raw:

@@ -1,6 +1,6 @@
 """The ``Store`` interface: durable message history with per-message TTL (spec §9), the
-reactions on stored messages (spec §12), the pending schedules (spec §14), and token
-revocations (spec §24.2).
+reactions on stored messages (spec §12), the pending schedules (spec §14), token revocations
+(spec §24.2), and channel storage entries (spec §11).
 
 Every backend (``memory://``, ``sqlite:///…``, ``postgresql://…``) passes the contract suite in
 ``tidings.testing.store_contract``.
@@ -8,11 +8,13 @@ Every backend (``memory://``, ``sqlite:///…``, ``postgresql://…``) passes th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from tidings.core.revocations import Revocation, RevocationKind
+from tidings.core.storage import json_equal
 
 __all__ = [
     "MessageRecord",
@@ -22,7 +24,12 @@ __all__ = [
     "Revocation",
     "RevocationKind",
     "ScheduleRecord",
+    "StorageChange",
+    "StorageEntry",
+    "StorageOutcome",
+    "StorageRemoval",
     "Store",
+    "decide_storage",
     "lower_bound",
 ]
 
@@ -104,6 +111,58 @@ class ScheduleRecord:
 
 ReactionChange = ReactionRecord | ReactionRemoval
 """What ``Store.apply_reactions`` takes: a record to add, or a removal."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageEntry:
+    """One channel storage entry (spec §11): the value of ``key`` on ``channel`` and its last
+    writer. The request fields describe the last write that changed the value: the sweeper's
+    ``expired`` backend event reports them (spec §17.2)."""
+
+    channel: str
+    key: str
+    data: str  # JSON text of the value (never null: a null write deletes the entry)
+    uid: str | None  # the last writer; None for server writes
+    umd: str  # JSON text, "null" when absent
+    updated_ms: int  # Unix milliseconds of the last change
+    expires_ms: int | None  # Unix milliseconds; None = never expires
+    emit_event: bool  # the last change asked for hotsock.channelStorageUpdated events
+    trigger: str  # client.websocket | client.http | server.http | server.lambda
+    connection_id: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRemoval:
+    """Delete the entry ``key`` of ``channel`` (a write of ``null``, absent data or ``{}``)."""
+
+    channel: str
+    key: str
+
+
+StorageChange = StorageEntry | StorageRemoval
+"""What ``Store.apply_storage`` takes: an entry to write, or a removal."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOutcome:
+    """What one storage change did.
+
+    Attributes:
+        previous: the live entry before the change, or None.
+        current: the live entry after it (None when deleted or never set). For an unchanged
+            value this is ``previous`` with the new ``expires_ms``.
+        changed: whether the value changed (deep JSON equality, ``core.storage.json_equal``);
+            an unchanged write is neither delivered nor announced.
+        expired: an expired entry the change replaced or deleted before the sweeper reached
+            it; the sweeper will not report it, so the caller does.
+    """
+
+    previous: StorageEntry | None
+    current: StorageEntry | None
+    changed: bool
+    expired: StorageEntry | None = None
 
 
 class Store(Protocol):
@@ -224,6 +283,45 @@ class Store(Protocol):
     async def delete_schedule(self, schedule_id: str, *, now_ms: int) -> bool:
         """Cancel a pending schedule. True when it was deleted; False when it is unknown, has
         run, or is running (claimed, lease not over)."""
+
+    async def apply_storage(
+        self, changes: Sequence[StorageChange], *, now_ms: int
+    ) -> list[StorageOutcome]:
+        """Apply storage ``changes`` in order, atomically and durably, and report what each did.
+
+        Writing an entry whose ``data`` deep-equals the live value (``core.storage.json_equal``)
+        changes nothing but ``expires_ms``: the stored writer, ``updated_ms``, ``emit_event``
+        and request fields stay (spec §11). Writing over an expired entry, or removing one,
+        treats it as absent and reports it in ``expired``. Removing an absent entry is an
+        unchanged no-op.
+
+        Raises:
+            StoreUnavailable: the backend cannot be reached; nothing was applied.
+            StoreError: any other failure; nothing was applied.
+        """
+        ...
+
+    async def get_storage(self, channel: str, key: str, *, now_ms: int) -> StorageEntry | None:
+        """The live entry ``key`` of ``channel`` (``expires_ms > now_ms`` or no expiry), or
+        None."""
+        ...
+
+    async def list_storage(
+        self,
+        channel: str,
+        *,
+        now_ms: int,
+        keys: Sequence[str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[StorageEntry]:
+        """Up to ``limit`` live entries of ``channel`` ordered by key (code point order), with
+        ``key > after`` when given, and only keys in ``keys`` when given."""
+        ...
+
+    async def sweep_storage(self, *, now_ms: int, limit: int = 1000) -> list[StorageEntry]:
+        """Physically delete at most ``limit`` expired entries and return them. Several nodes
+        may sweep at once; each deleted entry is returned by exactly one call."""
         ...
 
     async def put_revocation(self, revocation: Revocation) -> None:
@@ -259,3 +357,23 @@ def lower_bound(min_id: str | None, after: str | None) -> tuple[str | None, bool
     if after is not None and (min_id is None or after >= min_id):
         return after, False
     return min_id, True
+
+
+def decide_storage(
+    change: StorageChange, stored: StorageEntry | None, now_ms: int
+) -> tuple[StorageOutcome, StorageEntry | None]:
+    """What ``change`` does to the row ``stored`` (live or expired, None when there is none):
+    the outcome ``Store.apply_storage`` reports, and what the row must hold afterwards (None:
+    no row). Every backend decides with this one function, inside its transaction."""
+    live = stored if stored is not None and _live(stored.expires_ms, now_ms) else None
+    expired = stored if live is None else None
+    if isinstance(change, StorageRemoval):
+        return StorageOutcome(live, None, live is not None, expired), None
+    if live is not None and json_equal(live.data, change.data):
+        current = dataclasses.replace(live, expires_ms=change.expires_ms)
+        return StorageOutcome(live, current, False), current
+    return StorageOutcome(live, change, True, expired), change
+
+
+def _live(expires_ms: int | None, now_ms: int) -> bool:
+    return expires_ms is None or expires_ms > now_ms

@@ -5,6 +5,7 @@ Nothing survives the process. Each channel keeps its IDs in a sorted list, so a 
 Reactions live in a dict per message, keyed like the persistent backends' primary key.
 Schedules live in a dict by ID with a min-heap on their next claimable instant, the
 counterpart of the persistent backends' index on ``next_ms``.
+Storage entries live in a dict per channel beside a sorted key list (the listing index).
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from tidings.store.base import (
     Revocation,
     RevocationKind,
     ScheduleRecord,
+    StorageChange,
+    StorageEntry,
+    StorageOutcome,
     Store,
+    decide_storage,
 )
 
 __all__ = ["MemoryStore"]
@@ -56,6 +61,25 @@ class _Channel:
         del self.ids[index]
 
 
+class _Storage:
+    """The storage entries of one channel, with their keys in order for listing."""
+
+    __slots__ = ("entries", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []  # sorted
+        self.entries: dict[str, StorageEntry] = {}
+
+    def put(self, entry: StorageEntry) -> None:
+        if entry.key not in self.entries:
+            bisect.insort(self.keys, entry.key)
+        self.entries[entry.key] = entry
+
+    def delete(self, key: str) -> None:
+        del self.entries[key]
+        del self.keys[bisect.bisect_left(self.keys, key)]
+
+
 class MemoryStore:
     """An in-memory ``Store``. Not durable: ``append`` "persists" to a dict.
 
@@ -79,6 +103,10 @@ class MemoryStore:
         # deleted since is skipped
         self._schedule_heap: list[tuple[int, str]] = []
         self._revocations: dict[tuple[str, str], Revocation] = {}  # (kind, value) -> revocation
+        self._storage: dict[str, _Storage] = {}  # channel -> its entries
+        # (expires_ms, channel, key): sweep_storage's heap; an entry rewritten since is checked
+        # against its current expiry
+        self._storage_expiry: list[tuple[int, str, str]] = []
         self._closed = False
 
     # Public methods
@@ -313,6 +341,80 @@ class MemoryStore:
             del self._revocations[key]
         return len(expired)
 
+    async def apply_storage(
+        self, changes: Sequence[StorageChange], *, now_ms: int
+    ) -> list[StorageOutcome]:
+        """See ``Store.apply_storage``."""
+        self._check_open()
+        outcomes: list[StorageOutcome] = []
+        for change in changes:
+            state = self._storage.get(change.channel)
+            stored = None if state is None else state.entries.get(change.key)
+            outcome, row = decide_storage(change, stored, now_ms)
+            outcomes.append(outcome)
+            if row is None:
+                if state is not None and stored is not None:
+                    self._drop(state, change.channel, change.key)
+                continue
+            if state is None:
+                state = self._storage[change.channel] = _Storage()
+            state.put(row)
+            if row.expires_ms is not None:
+                heapq.heappush(self._storage_expiry, (row.expires_ms, row.channel, row.key))
+        return outcomes
+
+    async def get_storage(self, channel: str, key: str, *, now_ms: int) -> StorageEntry | None:
+        """See ``Store.get_storage``."""
+        self._check_open()
+        state = self._storage.get(channel)
+        entry = None if state is None else state.entries.get(key)
+        return entry if entry is not None and _live(entry.expires_ms, now_ms) else None
+
+    async def list_storage(
+        self,
+        channel: str,
+        *,
+        now_ms: int,
+        keys: Sequence[str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[StorageEntry]:
+        """See ``Store.list_storage``."""
+        self._check_open()
+        state = self._storage.get(channel)
+        if state is None or limit <= 0:
+            return []
+        if keys is not None:
+            candidates: Sequence[str] = sorted(
+                k for k in set(keys) if k in state.entries and (after is None or k > after)
+            )
+        else:
+            start = 0 if after is None else bisect.bisect_right(state.keys, after)
+            candidates = state.keys[start:]
+        page: list[StorageEntry] = []
+        for key in candidates:
+            entry = state.entries[key]
+            if _live(entry.expires_ms, now_ms):
+                page.append(entry)
+                if len(page) >= limit:
+                    break
+        return page
+
+    async def sweep_storage(self, *, now_ms: int, limit: int = 1000) -> list[StorageEntry]:
+        """Delete at most ``limit`` entries with ``expires_ms <= now_ms``; return them."""
+        self._check_open()
+        swept: list[StorageEntry] = []
+        expiry = self._storage_expiry
+        while len(swept) < limit and expiry and expiry[0][0] <= now_ms:
+            _, channel, key = heapq.heappop(expiry)
+            state = self._storage.get(channel)
+            entry = None if state is None else state.entries.get(key)
+            if state is None or entry is None or _live(entry.expires_ms, now_ms):
+                continue  # deleted or rewritten since
+            self._drop(state, channel, key)
+            swept.append(entry)
+        return swept
+
     async def aclose(self) -> None:
         """Drop all records. Idempotent."""
         self._closed = True
@@ -323,6 +425,8 @@ class MemoryStore:
         self._expiry.clear()
         self._reactions.clear()
         self._reaction_expiry.clear()
+        self._storage.clear()
+        self._storage_expiry.clear()
 
     # Private methods
 
@@ -334,6 +438,11 @@ class MemoryStore:
         """Whether a heap entry still describes its schedule."""
         entry = self._schedules.get(schedule_id)
         return entry is not None and entry[1] == next_ms
+
+    def _drop(self, state: _Storage, channel: str, key: str) -> None:
+        state.delete(key)
+        if not state.entries:
+            del self._storage[channel]  # so idle channels do not leak memory
 
 
 def _live(expires_ms: int | None, now_ms: int) -> bool:

@@ -22,6 +22,10 @@ Shape:
   another node just claimed fails the re-check of ``next_ms <= now``.
 * **Revocations** (version 4): ``<prefix>revocations`` keyed by ``(kind, value)``; every node
   reads the whole (small) table once per sweep.
+* **Storage** (version 5): ``<prefix>storage`` keyed by ``(channel, key)``, which is also the
+  listing order. One ``apply_storage()`` call is one transaction that locks each row it reads
+  (``FOR UPDATE``) before deciding (``decide_storage``). Two first writes of one key from two
+  nodes are serialized by the channel's publishing turn, not by the row lock.
 """
 
 from __future__ import annotations
@@ -42,7 +46,11 @@ from tidings.store.base import (
     Revocation,
     RevocationKind,
     ScheduleRecord,
+    StorageChange,
+    StorageEntry,
+    StorageOutcome,
     Store,
+    decide_storage,
     lower_bound,
 )
 
@@ -50,7 +58,7 @@ __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -95,8 +103,32 @@ _REACTION_REPLACED = (
 _SCHEDULE_COLUMNS = "id, due_ms, kind, channel, payload, created_ms, attempts"
 
 
+# Column order equals the field order of ``StorageEntry``, so ``StorageEntry(*row)`` works.
+_STORAGE_COLUMNS = (
+    'channel, "key", data, uid, umd, updated_ms, expires_ms, emit_event, "trigger", '
+    "connection_id, source_ip, user_agent"
+)
+_STORAGE_REPLACED = (
+    "data",
+    "uid",
+    "umd",
+    "updated_ms",
+    "expires_ms",
+    "emit_event",
+    '"trigger"',
+    "connection_id",
+    "source_ip",
+    "user_agent",
+)
+
+
 def _migrations(
-    messages: str, prefix: str, reactions: str, schedules: str, revocations: str
+    messages: str,
+    prefix: str,
+    reactions: str,
+    schedules: str,
+    revocations: str,
+    storage: str,
 ) -> dict[int, tuple[str, ...]]:
     """Statements per schema version. Tables are qualified; index names never are (an index
     lives in its table's schema)."""
@@ -174,6 +206,27 @@ def _migrations(
             f'CREATE INDEX IF NOT EXISTS "{prefix}revocations_expires_idx" '
             f"ON {revocations} (expires_ms)",
         ),
+        5: (
+            f"""
+            CREATE TABLE IF NOT EXISTS {storage} (
+                channel text COLLATE "C" NOT NULL,
+                "key" text COLLATE "C" NOT NULL,
+                data text NOT NULL,
+                uid text,
+                umd text NOT NULL,
+                updated_ms int8 NOT NULL,
+                expires_ms int8,
+                emit_event bool NOT NULL,
+                "trigger" text NOT NULL,
+                connection_id text,
+                source_ip text,
+                user_agent text,
+                PRIMARY KEY (channel, "key")
+            )
+            """,
+            f'CREATE INDEX IF NOT EXISTS "{prefix}storage_expires_idx" '
+            f"ON {storage} (expires_ms) WHERE expires_ms IS NOT NULL",
+        ),
     }
 
 
@@ -190,6 +243,7 @@ class PostgresStore:
         reactions_table: the qualified, quoted name of the reactions table.
         schedules_table: the qualified, quoted name of the schedules table.
         revocations_table: the qualified, quoted name of the revocations table.
+        storage_table: the qualified, quoted name of the channel storage table.
     """
 
     def __init__(
@@ -242,6 +296,7 @@ class PostgresStore:
         self.reactions_table = f'{qualifier}"{table_prefix}reactions"'
         self.schedules_table = f'{qualifier}"{table_prefix}schedules"'
         self.revocations_table = f'{qualifier}"{table_prefix}revocations"'
+        self.storage_table = f'{qualifier}"{table_prefix}storage"'
         self._version_table = f'{qualifier}"{table_prefix}schema_version"'
         self._pool_kwargs: dict[str, Any] = {
             "min_size": pool_min_size,
@@ -306,6 +361,31 @@ class PostgresStore:
             f"DELETE FROM {reactions} WHERE (channel, message_id, uid, reaction) IN ("
             f"SELECT channel, message_id, uid, reaction FROM {reactions} WHERE expires_ms <= $1 "
             "LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        )
+        storage = self.storage_table
+        self._lock_storage_sql = (
+            f'SELECT {_STORAGE_COLUMNS} FROM {storage} WHERE channel = $1 AND "key" = $2 FOR UPDATE'
+        )
+        self._get_storage_sql = (
+            f'SELECT {_STORAGE_COLUMNS} FROM {storage} WHERE channel = $1 AND "key" = $2 '
+            "AND (expires_ms IS NULL OR expires_ms > $3)"
+        )
+        self._put_storage_sql = (
+            f"INSERT INTO {storage} ({_STORAGE_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+            'ON CONFLICT (channel, "key") DO UPDATE SET '
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in _STORAGE_REPLACED)
+        )
+        self._insert_storage_sql = (
+            f"INSERT INTO {storage} ({_STORAGE_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+            'ON CONFLICT (channel, "key") DO NOTHING RETURNING true'
+        )
+        self._delete_storage_sql = f'DELETE FROM {storage} WHERE channel = $1 AND "key" = $2'
+        self._sweep_storage_sql = (
+            f'DELETE FROM {storage} WHERE (channel, "key") IN ('
+            f'SELECT channel, "key" FROM {storage} WHERE expires_ms <= $1 LIMIT $2 '
+            f"FOR UPDATE SKIP LOCKED) AND expires_ms <= $1 RETURNING {_STORAGE_COLUMNS}"
         )
 
         schedules = self.schedules_table
@@ -708,6 +788,82 @@ class PostgresStore:
             raise map_error(exc, "sweep_revocations") from exc
         return int(status.rsplit(" ", 1)[-1])
 
+    async def apply_storage(
+        self, changes: Sequence[StorageChange], *, now_ms: int
+    ) -> list[StorageOutcome]:
+        """See ``Store.apply_storage``. One transaction; a ``StoreUnavailable`` can hide a
+        commit whose reply was lost (a retried write then reports an unchanged value).
+
+        Raises:
+            StoreUnavailable: the store is closed or the server cannot be reached.
+            StoreError: any other failure (for example text holding U+0000).
+        """
+        self._check_open()
+        if not changes:
+            return []
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                outcomes: list[StorageOutcome] = []
+                for change in changes:
+                    outcomes.append(await self._apply_one_storage(conn, change, now_ms))
+                return outcomes
+        except Exception as exc:
+            raise map_error(exc, "apply_storage") from exc
+
+    async def get_storage(self, channel: str, key: str, *, now_ms: int) -> StorageEntry | None:
+        """See ``Store.get_storage``."""
+        self._check_open()
+        try:
+            row = await self._call("fetchrow", self._get_storage_sql, channel, key, now_ms)
+        except Exception as exc:
+            raise map_error(exc, "get_storage") from exc
+        return None if row is None else StorageEntry(*row)
+
+    async def list_storage(
+        self,
+        channel: str,
+        *,
+        now_ms: int,
+        keys: Sequence[str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[StorageEntry]:
+        """See ``Store.list_storage``."""
+        self._check_open()
+        if limit <= 0 or (keys is not None and not keys):
+            return []
+        where = ["channel = $1", "(expires_ms IS NULL OR expires_ms > $2)"]
+        params: list[object] = [channel, now_ms]
+        if after is not None:
+            params.append(after)
+            where.append(f'"key" > ${len(params)}')
+        if keys is not None:
+            params.append(list(keys))
+            where.append(f'"key" = ANY(${len(params)}::text[])')
+        params.append(limit)
+        sql = (
+            f"SELECT {_STORAGE_COLUMNS} FROM {self.storage_table} WHERE {' AND '.join(where)} "
+            f'ORDER BY "key" LIMIT ${len(params)}'
+        )
+        try:
+            rows = await self._call("fetch", sql, *params)
+        except Exception as exc:
+            raise map_error(exc, "list_storage") from exc
+        return [StorageEntry(*row) for row in rows]
+
+    async def sweep_storage(self, *, now_ms: int, limit: int = 1000) -> list[StorageEntry]:
+        """Delete at most ``limit`` expired entries and return them. Several nodes may sweep
+        at once: each skips rows another is deleting, so each entry is returned once."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        try:
+            # not _call: a retry after a lost reply would lose the rows the first try deleted
+            rows = await self._pool.fetch(self._sweep_storage_sql, now_ms, limit)
+        except Exception as exc:
+            raise map_error(exc, "sweep_storage") from exc
+        return [StorageEntry(*row) for row in rows]
+
     async def aclose(self) -> None:
         """Wait for pending appends and running queries, then close the pool. Idempotent."""
         async with self._open_lock:
@@ -750,6 +906,42 @@ class PostgresStore:
             logger.info("! PostgreSQL connection lost (%s); retrying once", type(exc).__name__)
         return await getattr(self._pool, method)(sql, *args)
 
+    async def _apply_one_storage(
+        self, conn: Any, change: StorageChange, now_ms: int
+    ) -> StorageOutcome:
+        """Decide and write one change in ``conn``'s transaction. An absent row cannot be
+        locked, so a first write inserts only if the row is still absent, and otherwise
+        decides again against the row that won."""
+        while True:
+            found = await conn.fetchrow(self._lock_storage_sql, change.channel, change.key)
+            stored = None if found is None else StorageEntry(*found)
+            outcome, row = decide_storage(change, stored, now_ms)
+            if row is None:
+                if stored is not None:
+                    await conn.execute(self._delete_storage_sql, change.channel, change.key)
+                return outcome
+            if row == stored:
+                return outcome
+            params = (
+                row.channel,
+                row.key,
+                row.data,
+                row.uid,
+                row.umd,
+                row.updated_ms,
+                row.expires_ms,
+                row.emit_event,
+                row.trigger,
+                row.connection_id,
+                row.source_ip,
+                row.user_agent,
+            )
+            if stored is not None:
+                await conn.execute(self._put_storage_sql, *params)
+                return outcome
+            if await conn.fetchval(self._insert_storage_sql, *params) is not None:
+                return outcome
+
     async def _migrate(self, conn: Any) -> None:
         async with conn.transaction():
             await begin_migration(conn, self._schema)
@@ -770,6 +962,7 @@ class PostgresStore:
                 self.reactions_table,
                 self.schedules_table,
                 self.revocations_table,
+                self.storage_table,
             )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in migrations[target]:

@@ -20,8 +20,12 @@ Shape:
   lookup and its claims. A claim is one ``BEGIN IMMEDIATE`` transaction on the writer thread, so
   processes sharing the file never claim the same row.
 * **Revocations** (version 4): ``revocations`` keyed by ``(kind, value)``.
+* **Storage** (version 5): ``storage`` is clustered on ``(channel, key)``: a listing page is one
+  seek and a leaf scan in key order.
 * **Reactions** are written on the writer thread, one transaction per ``apply_reactions()``
   call (a channel lane passes a whole batch at once), between group commits.
+* **Storage writes** run on the writer thread too, one transaction per ``apply_storage()``
+  call: read the row, decide (``decide_storage``), write or delete it.
 * ``data`` and ``umd`` are stored as TEXT exactly as given, so they round-trip byte for byte.
 """
 
@@ -47,7 +51,11 @@ from tidings.store.base import (
     Revocation,
     RevocationKind,
     ScheduleRecord,
+    StorageChange,
+    StorageEntry,
+    StorageOutcome,
     Store,
+    decide_storage,
     lower_bound,
 )
 
@@ -57,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -138,6 +146,27 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "CREATE INDEX IF NOT EXISTS revocations_expires ON revocations (expires_ms)",
     ),
+    5: (
+        """
+        CREATE TABLE IF NOT EXISTS storage (
+            channel TEXT NOT NULL,
+            "key" TEXT NOT NULL,
+            data TEXT NOT NULL,
+            uid TEXT,
+            umd TEXT NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            expires_ms INTEGER,
+            emit_event INTEGER NOT NULL,
+            "trigger" TEXT NOT NULL,
+            connection_id TEXT,
+            source_ip TEXT,
+            user_agent TEXT,
+            PRIMARY KEY (channel, "key")
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS storage_expires ON storage (expires_ms) "
+        "WHERE expires_ms IS NOT NULL",
+    ),
 }
 
 # Column order equals the field order of ``ScheduleRecord``.
@@ -167,6 +196,38 @@ _DELETE_REVOCATION = "DELETE FROM revocations WHERE kind = ? AND value = ? RETUR
 _SWEEP_REVOCATIONS = (
     "DELETE FROM revocations WHERE (kind, value) IN ("
     "SELECT kind, value FROM revocations WHERE expires_ms <= ? LIMIT ?)"
+)
+# Column order equals the field order of ``StorageEntry`` (``_entry`` turns a row into one).
+_STORAGE_COLUMNS = (
+    'channel, "key", data, uid, umd, updated_ms, expires_ms, emit_event, "trigger", '
+    "connection_id, source_ip, user_agent"
+)
+_STORAGE_LIVE = "(expires_ms IS NULL OR expires_ms > ?)"
+_GET_STORAGE_ROW = f'SELECT {_STORAGE_COLUMNS} FROM storage WHERE channel = ? AND "key" = ?'
+_PUT_STORAGE = (
+    f"INSERT INTO storage ({_STORAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    'ON CONFLICT (channel, "key") DO UPDATE SET '
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in (
+            "data",
+            "uid",
+            "umd",
+            "updated_ms",
+            "expires_ms",
+            "emit_event",
+            '"trigger"',
+            "connection_id",
+            "source_ip",
+            "user_agent",
+        )
+    )
+)
+_DELETE_STORAGE = 'DELETE FROM storage WHERE channel = ? AND "key" = ?'
+_SWEEP_STORAGE = (
+    'DELETE FROM storage WHERE (channel, "key") IN ('
+    'SELECT channel, "key" FROM storage WHERE expires_ms <= ? LIMIT ?) '
+    f"RETURNING {_STORAGE_COLUMNS}"
 )
 
 # Column order equals the field order of ``ReactionRecord``, so ``ReactionRecord(*row)`` works.
@@ -648,6 +709,75 @@ class SqliteStore:
         """Delete at most ``limit`` revocations with ``expires_ms <= now_ms``; return the count."""
         return await self._sweep(_SWEEP_REVOCATIONS, now_ms, limit, "sweep_revocations")
 
+    async def apply_storage(
+        self, changes: Sequence[StorageChange], *, now_ms: int
+    ) -> list[StorageOutcome]:
+        """See ``Store.apply_storage``. One transaction on the writer thread.
+
+        Raises:
+            StoreUnavailable: the store is closed, or the file is locked, full or unwritable.
+            StoreError: any other failure.
+        """
+        self._check_open()
+        if not changes:
+            return []
+        writer = self._writer
+        assert writer is not None  # _check_open() passed
+        try:
+            return await writer.run(self._storage_sync, writer, changes, now_ms)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, "apply_storage") from exc
+
+    async def get_storage(self, channel: str, key: str, *, now_ms: int) -> StorageEntry | None:
+        """See ``Store.get_storage``. Runs on a reader thread."""
+        self._check_open()
+        rows = await self._read(
+            _fetch_rows, f"{_GET_STORAGE_ROW} AND {_STORAGE_LIVE}", (channel, key, now_ms)
+        )
+        return _entry(rows[0]) if rows else None
+
+    async def list_storage(
+        self,
+        channel: str,
+        *,
+        now_ms: int,
+        keys: Sequence[str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[StorageEntry]:
+        """See ``Store.list_storage``. Runs on a reader thread."""
+        self._check_open()
+        if limit <= 0 or (keys is not None and not keys):
+            return []
+        where = ["channel = ?", _STORAGE_LIVE]
+        params: list[object] = [channel, now_ms]
+        if after is not None:
+            where.append('"key" > ?')
+            params.append(after)
+        if keys is not None:
+            where.append(f'"key" IN ({", ".join("?" * len(keys))})')
+            params += keys
+        sql = (
+            f"SELECT {_STORAGE_COLUMNS} FROM storage WHERE {' AND '.join(where)} "
+            'ORDER BY "key" LIMIT ?'
+        )
+        rows = await self._read(_fetch_rows, sql, (*params, limit))
+        return [_entry(row) for row in rows]
+
+    async def sweep_storage(self, *, now_ms: int, limit: int = 1000) -> list[StorageEntry]:
+        """Delete at most ``limit`` expired entries and return them; one short transaction on
+        the writer thread."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        writer = self._writer
+        assert writer is not None  # _check_open() passed
+        try:
+            rows = await writer.run(self._returning_sync, writer, _SWEEP_STORAGE, now_ms, limit)
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, "sweep_storage") from exc
+        return [_entry(row) for row in rows]
+
     async def aclose(self) -> None:
         """Commit every pending ``append()``, wait for running reads, close all connections.
 
@@ -890,6 +1020,47 @@ class SqliteStore:
         self._commits += 1
         return outcomes
 
+    def _storage_sync(
+        self, writer: _Worker, changes: Sequence[StorageChange], now_ms: int
+    ) -> list[StorageOutcome]:
+        conn = writer.conn
+        assert conn is not None
+        outcomes: list[StorageOutcome] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for change in changes:
+                found = conn.execute(_GET_STORAGE_ROW, (change.channel, change.key)).fetchone()
+                stored = None if found is None else _entry(found)
+                outcome, row = decide_storage(change, stored, now_ms)
+                outcomes.append(outcome)
+                if row is None:
+                    if stored is not None:
+                        conn.execute(_DELETE_STORAGE, (change.channel, change.key))
+                elif row != stored:
+                    conn.execute(_PUT_STORAGE, _storage_params(row))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._commits += 1
+        return outcomes
+
+    def _returning_sync(
+        self, writer: _Worker, sql: str, now_ms: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        conn = writer.conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(sql, (now_ms, limit)).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return rows
+
     def _migrate(self, writer: _Worker) -> None:
         conn = writer.conn
         assert conn is not None
@@ -941,6 +1112,30 @@ def _list_sql(has_lower: bool, inclusive: bool, has_before: bool, reverse: bool)
     order = "DESC" if reverse else "ASC"
     return (
         f"SELECT {_COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
+    )
+
+
+def _entry(row: Sequence[Any]) -> StorageEntry:
+    (channel, key, data, uid, umd, updated, expires, emit, trigger, conn_id, ip, ua) = row
+    return StorageEntry(
+        channel, key, data, uid, umd, updated, expires, bool(emit), trigger, conn_id, ip, ua
+    )
+
+
+def _storage_params(entry: StorageEntry) -> tuple[object, ...]:
+    return (
+        entry.channel,
+        entry.key,
+        entry.data,
+        entry.uid,
+        entry.umd,
+        entry.updated_ms,
+        entry.expires_ms,
+        int(entry.emit_event),
+        entry.trigger,
+        entry.connection_id,
+        entry.source_ip,
+        entry.user_agent,
     )
 
 

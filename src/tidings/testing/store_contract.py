@@ -38,6 +38,9 @@ from tidings.store.base import (
     Revocation,
     RevocationKind,
     ScheduleRecord,
+    StorageEntry,
+    StorageOutcome,
+    StorageRemoval,
     Store,
 )
 
@@ -45,6 +48,7 @@ __all__ = [
     "T0",
     "StoreContract",
     "StoreFactory",
+    "make_entry",
     "make_reaction",
     "make_record",
     "make_schedule",
@@ -151,6 +155,38 @@ def make_schedule(
 
 def _claimed(record: ScheduleRecord, attempts: int = 1) -> ScheduleRecord:
     return dataclasses.replace(record, attempts=attempts)
+
+
+def make_entry(
+    key: str = "settings",
+    data: str = '{"maxPlayers":4}',
+    *,
+    channel: str = "room.1",
+    uid: str | None = None,
+    umd: str = "null",
+    ms: int = T0,
+    expires_ms: int | None = None,
+    emit_event: bool = False,
+    trigger: str = "server.http",
+    connection_id: str | None = None,
+    source_ip: str | None = None,
+    user_agent: str | None = None,
+) -> StorageEntry:
+    """A storage entry written at ``ms``."""
+    return StorageEntry(
+        channel=channel,
+        key=key,
+        data=data,
+        uid=uid,
+        umd=umd,
+        updated_ms=ms,
+        expires_ms=expires_ms,
+        emit_event=emit_event,
+        trigger=trigger,
+        connection_id=connection_id,
+        source_ip=source_ip,
+        user_agent=user_agent,
+    )
 
 
 def _removal(reaction: ReactionRecord) -> ReactionRemoval:
@@ -1145,3 +1181,241 @@ def _revocation(
     expires_ms: int = T0 + 3_600_000,
 ) -> Revocation:
     return Revocation(kind, value, issued_before_ms, T0 - 1000, expires_ms)
+
+    # Channel storage (spec §11)
+
+    async def test_store_storage_write_creates_an_entry(self, store: Store) -> None:
+        """A first write reports a change from nothing; get and list then return the entry."""
+        entry = make_entry()
+        assert await store.apply_storage([entry], now_ms=T0) == [StorageOutcome(None, entry, True)]
+        assert await store.get_storage("room.1", "settings", now_ms=T0) == entry
+        assert await store.list_storage("room.1", now_ms=T0) == [entry]
+
+    async def test_store_storage_overwrite_reports_the_previous_entry(self, store: Store) -> None:
+        """A different value replaces the entry, writer and all."""
+        first = make_entry(uid="host")
+        second = make_entry(data='{"maxPlayers":6}', uid="guest", umd='{"a":1}', ms=T0 + 5)
+        await store.apply_storage([first], now_ms=T0)
+        assert await store.apply_storage([second], now_ms=T0 + 5) == [
+            StorageOutcome(first, second, True)
+        ]
+        assert await store.get_storage("room.1", "settings", now_ms=T0 + 5) == second
+
+    async def test_store_storage_unchanged_value_refreshes_expiry_only(self, store: Store) -> None:
+        """A deep-equal value (other key order, spacing, 2 for 2.0) keeps the stored text,
+        writer and flags, and takes only the new expiry."""
+        first = make_entry("k", '{"a":1,"b":[1,2]}', uid="host", expires_ms=T0 + 100)
+        again = make_entry(
+            "k", '{ "b": [1, 2.0], "a": 1 }', uid="guest", expires_ms=T0 + 500, emit_event=True
+        )
+        await store.apply_storage([first], now_ms=T0)
+        refreshed = dataclasses.replace(first, expires_ms=T0 + 500)
+        assert await store.apply_storage([again], now_ms=T0 + 50) == [
+            StorageOutcome(first, refreshed, False)
+        ]
+        assert await store.get_storage("room.1", "k", now_ms=T0 + 200) == refreshed
+
+    async def test_store_storage_true_and_one_differ(self, store: Store) -> None:
+        """Deep equality keeps JSON types apart: ``true`` is not ``1``."""
+        await store.apply_storage([make_entry("k", "1")], now_ms=T0)
+        [outcome] = await store.apply_storage([make_entry("k", "true")], now_ms=T0)
+        assert outcome.changed
+
+    async def test_store_storage_removal_deletes_the_live_entry(self, store: Store) -> None:
+        """Removing reports the deleted entry; removing again changes nothing."""
+        entry = make_entry()
+        await store.apply_storage([entry], now_ms=T0)
+        removal = StorageRemoval("room.1", "settings")
+        assert await store.apply_storage([removal], now_ms=T0) == [
+            StorageOutcome(entry, None, True)
+        ]
+        assert await store.get_storage("room.1", "settings", now_ms=T0) is None
+        assert await store.apply_storage([removal], now_ms=T0) == [
+            StorageOutcome(None, None, False)
+        ]
+        assert await store.list_storage("room.1", now_ms=T0) == []
+
+    async def test_store_storage_applies_changes_in_order(self, store: Store) -> None:
+        """One call applies its changes one after the other."""
+        a, b = make_entry("k", '"a"'), make_entry("k", '"b"')
+        removal = StorageRemoval("room.1", "k")
+        assert await store.apply_storage([a, b, removal, a], now_ms=T0) == [
+            StorageOutcome(None, a, True),
+            StorageOutcome(a, b, True),
+            StorageOutcome(b, None, True),
+            StorageOutcome(None, a, True),
+        ]
+
+    async def test_store_storage_hides_expired_entries_before_sweep(self, store: Store) -> None:
+        """An entry is invisible from its expiry instant on, swept or not."""
+        entry = make_entry("k", expires_ms=T0 + 10)
+        await store.apply_storage([entry, make_entry("other")], now_ms=T0)
+        assert await store.get_storage("room.1", "k", now_ms=T0 + 9) == entry
+        assert await store.get_storage("room.1", "k", now_ms=T0 + 10) is None
+        listed = await store.list_storage("room.1", now_ms=T0 + 10)
+        assert [e.key for e in listed] == ["other"]
+        assert await store.list_storage("room.1", now_ms=T0 + 10, keys=["k"]) == []
+
+    async def test_store_storage_write_over_an_expired_entry(self, store: Store) -> None:
+        """An expired, unswept entry counts as absent, even with the same value, and is
+        reported so its expiry can still be announced; the sweeper then skips it."""
+        old = make_entry("k", '"v"', expires_ms=T0 + 10, emit_event=True)
+        new = make_entry("k", '"v"', ms=T0 + 20)
+        await store.apply_storage([old], now_ms=T0)
+        assert await store.apply_storage([new], now_ms=T0 + 20) == [
+            StorageOutcome(None, new, True, expired=old)
+        ]
+        assert await store.sweep_storage(now_ms=T0 + 30) == []
+        assert await store.get_storage("room.1", "k", now_ms=T0 + 30) == new
+
+    async def test_store_storage_removal_of_an_expired_entry(self, store: Store) -> None:
+        """Removing an expired entry changes nothing visible and reports it as expired."""
+        old = make_entry("k", expires_ms=T0 + 10)
+        await store.apply_storage([old], now_ms=T0)
+        assert await store.apply_storage([StorageRemoval("room.1", "k")], now_ms=T0 + 10) == [
+            StorageOutcome(None, None, False, expired=old)
+        ]
+        assert await store.sweep_storage(now_ms=T0 + 30) == []
+
+    async def test_store_storage_sweep_deletes_only_expired_entries(self, store: Store) -> None:
+        """The sweeper returns what it deleted; live and refreshed entries stay."""
+        gone = make_entry("gone", expires_ms=T0 + 10, emit_event=True, trigger="client.http")
+        kept = make_entry("kept", expires_ms=T0 + 100)
+        forever = make_entry("forever")
+        refreshed = make_entry("refreshed", expires_ms=T0 + 10)
+        await store.apply_storage([gone, kept, forever, refreshed], now_ms=T0)
+        await store.apply_storage([make_entry("refreshed", expires_ms=T0 + 1000)], now_ms=T0 + 5)
+        assert await store.sweep_storage(now_ms=T0 + 50) == [gone]
+        assert await store.sweep_storage(now_ms=T0 + 50) == []
+        listed = await store.list_storage("room.1", now_ms=T0 + 50)
+        assert [e.key for e in listed] == ["forever", "kept", "refreshed"]
+
+    async def test_store_storage_sweep_respects_limit(self, store: Store) -> None:
+        """At most ``limit`` entries go per call."""
+        await store.apply_storage(
+            [make_entry(f"k{i}", expires_ms=T0 + 1) for i in range(5)], now_ms=T0
+        )
+        assert len(await store.sweep_storage(now_ms=T0 + 1, limit=3)) == 3
+        assert len(await store.sweep_storage(now_ms=T0 + 1, limit=3)) == 2
+        assert await store.sweep_storage(now_ms=T0 + 1, limit=0) == []
+
+    async def test_store_storage_lists_in_code_point_order(self, store: Store) -> None:
+        """Keys sort by code point (so upper case before lower case), whatever the order of
+        the writes; ``after`` is exclusive and ``limit`` caps the page."""
+        keys = ["z", "a", "B", "é", "日本", "a.b", "_", "0"]
+        await store.apply_storage([make_entry(k, f'"{k}"') for k in keys], now_ms=T0)
+        ordered = sorted(keys)
+        listed = await store.list_storage("room.1", now_ms=T0)
+        assert [e.key for e in listed] == ordered
+        page = await store.list_storage("room.1", now_ms=T0, after="a", limit=3)
+        assert [e.key for e in page] == ["a.b", "z", "é"]
+        assert await store.list_storage("room.1", now_ms=T0, limit=0) == []
+
+    async def test_store_storage_lists_only_the_keys_asked_for(self, store: Store) -> None:
+        """``keys`` filters (unknown keys are skipped), still in key order and after ``after``."""
+        await store.apply_storage([make_entry(k) for k in "abcde"], now_ms=T0)
+        listed = await store.list_storage("room.1", now_ms=T0, keys=["d", "b", "x", "b"])
+        assert [e.key for e in listed] == ["b", "d"]
+        listed = await store.list_storage("room.1", now_ms=T0, keys=["d", "b", "e"], after="b")
+        assert [e.key for e in listed] == ["d", "e"]
+        assert await store.list_storage("room.1", now_ms=T0, keys=[]) == []
+
+    async def test_store_storage_pages_through_many_entries(self, store: Store) -> None:
+        """Pages of 100 with ``after`` = the last key see every entry once."""
+        entries = [make_entry(f"key{i:04d}", str(i)) for i in range(250)]
+        await store.apply_storage(entries, now_ms=T0)
+        seen: list[StorageEntry] = []
+        after = None
+        while True:
+            page = await store.list_storage("room.1", now_ms=T0, after=after, limit=100)
+            seen += page
+            if len(page) < 100:
+                break
+            after = page[-1].key
+        assert seen == entries
+
+    async def test_store_storage_channels_are_isolated(self, store: Store) -> None:
+        """Entries of one channel never show on another; the same key is two entries."""
+        a = make_entry("k", '"a"', channel="room.a")
+        b = make_entry("k", '"b"', channel="room.b")
+        await store.apply_storage([a, b], now_ms=T0)
+        assert await store.list_storage("room.a", now_ms=T0) == [a]
+        assert await store.get_storage("room.b", "k", now_ms=T0) == b
+        await store.apply_storage([StorageRemoval("room.a", "k")], now_ms=T0)
+        assert await store.get_storage("room.b", "k", now_ms=T0) == b
+        assert await store.list_storage("room.none", now_ms=T0) == []
+
+    @pytest.mark.parametrize("text", [t for t in TRICKY_JSON if t != "null"])
+    async def test_store_storage_round_trips_json_text_exactly(
+        self, store: Store, text: str
+    ) -> None:
+        """Values come back byte for byte."""
+        await store.apply_storage([make_entry("k", text)], now_ms=T0)
+        entry = await store.get_storage("room.1", "k", now_ms=T0)
+        assert entry is not None and entry.data == text
+
+    async def test_store_storage_round_trips_every_field(self, store: Store) -> None:
+        """Writer, expiry, flag and request fields survive."""
+        entry = make_entry(
+            "k",
+            '{"x":[1,2]}',
+            uid="Jim",
+            umd='{"n":"Jim ✓"}',
+            ms=T0 + 7,
+            expires_ms=T0 + 10**12,
+            emit_event=True,
+            trigger="client.websocket",
+            connection_id="IDnAdd9kIAMCEsQ=",
+            source_ip="12.34.56.78",
+            user_agent="Mozilla/5.0 ✓",
+        )
+        await store.apply_storage([entry], now_ms=T0)
+        assert await store.get_storage("room.1", "k", now_ms=T0) == entry
+        assert await store.list_storage("room.1", now_ms=T0, keys=["k"]) == [entry]
+
+    async def test_store_storage_concurrent_writes_are_all_applied(self, store: Store) -> None:
+        """Concurrent calls on many keys all land; on one key, each sees the one before."""
+        await asyncio.gather(
+            *(store.apply_storage([make_entry(f"k{i:02d}")], now_ms=T0) for i in range(30))
+        )
+        assert len(await store.list_storage("room.1", now_ms=T0)) == 30
+        outcomes = await asyncio.gather(
+            *(store.apply_storage([make_entry("same", str(i))], now_ms=T0) for i in range(20))
+        )
+        previous = {o.previous.data if o.previous else None for [o] in outcomes}
+        current = {o.current.data for [o] in outcomes if o.current is not None}
+        assert all(o.changed for [o] in outcomes)
+        assert len(previous) == 20 and len(current - previous) == 1 and None in previous
+
+    async def test_store_refuses_storage_calls_after_aclose(self, make_store: StoreFactory) -> None:
+        """Storage calls on a closed store raise ``StoreError``."""
+        store = make_store()
+        await store.open()
+        await store.aclose()
+        with pytest.raises(StoreError):
+            await store.apply_storage([make_entry()], now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.get_storage("room.1", "settings", now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.list_storage("room.1", now_ms=T0)
+        with pytest.raises(StoreError):
+            await store.sweep_storage(now_ms=T0)
+
+    async def test_store_storage_survives_close_and_reopen(self, make_store: StoreFactory) -> None:
+        """A persistent backend keeps entries, with their expiry, across a restart."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        short = make_entry("short", expires_ms=T0 + 100, emit_event=True)
+        forever = make_entry("forever", uid="Jim")
+        store = make_store()
+        await store.open()
+        try:
+            await store.apply_storage([short, forever], now_ms=T0)
+        finally:
+            await store.aclose()
+        async with self.reopened(make_store) as other:
+            assert await other.list_storage("room.1", now_ms=T0) == [forever, short]
+            assert await other.get_storage("room.1", "short", now_ms=T0 + 100) is None
+            assert await other.sweep_storage(now_ms=T0 + 100) == [short]
+        async with self.reopened(make_store) as third:
+            assert await third.list_storage("room.1", now_ms=T0 + 100) == [forever]
