@@ -315,6 +315,7 @@ def test_wire_format_round_trips_and_splits_big_batches() -> None:
     """Deliveries survive encoding; big batches are split in order at item boundaries."""
     batch = [Delivery(b"x" * 100_000, f"c{i}" if i % 2 else None) for i in range(12)]
     batch.append(Delivery("😀".encode(), "é"))
+    batch.append(Delivery(b'{"event":"hotsock.channelStorageUpdated"}', None, "réglages"))
     payloads = encode_deliveries(batch)
     assert len(payloads) > 1
     assert all(len(p) <= MAX_PUBLISH_BYTES for p in payloads)
@@ -328,10 +329,11 @@ def test_wire_format_round_trips_and_splits_big_batches() -> None:
     "data",
     [
         b"",
-        b"\x02",
-        b"\x01\x00",
-        b"\x01\x00\x05\x00\x00\x00\x01ab",
-        b"\x01\x00\x00\x00\x00\x00\x09x",
+        b"\x01",
+        b"\x02\x00",
+        b"\x02\x00\x05\x00\x00\x00\x00\x00\x01ab",
+        b"\x02\x00\x00\x00\x00\x00\x00\x00\x09x",
+        b"\x02\x00\x00\x00\x03\x00\x00\x00\x00ab",
     ],
 )
 def test_wire_format_rejects_malformed_payloads(data: bytes) -> None:

@@ -622,3 +622,24 @@ def test_grants_parse_error_quotes_long_keys_briefly() -> None:
         grants({long_key: {"alias": "lobby"}})
     assert len(str(info.value)) < 150
     assert str(info.value).startswith('channels["room.xxx')
+
+
+def test_permissions_may_observe_only_when_some_key_observes() -> None:
+    """A subscription without any ``observe: true`` on its channel needs no storage look."""
+    connect = {"game.*": {"storage": {"settings": {"observe": True}, "log": {"get": True}}}}
+    assert perms(connect).may_observe("game.1") is True
+    assert perms(connect).may_observe("chat.1") is False
+    assert perms({"*": {"storage": {"k": {"observe": False}}}}).may_observe("c") is False
+    assert perms({}, {"c": {"storage": {"k": {"observe": True}}}}).may_observe("c") is True
+    assert perms({}, {"c": {"subscribe": True}}).may_observe("c") is False
+
+
+def test_permissions_can_observe_resolves_and_caches_per_key() -> None:
+    """``observe`` per key, with explicit false winning; the answer is cached."""
+    layered = perms({"c": {"storage": {"*": {"observe": True}, "secret": {"observe": False}}}})
+    assert layered.can_observe("c", "title") is True
+    assert layered.can_observe("c", "secret") is False
+    assert layered.can_observe("c", "title") is True  # from the cache
+    for n in range(300):  # past the cache bound the cache starts over, answers stay right
+        assert layered.can_observe("c", f"k{n}") is True
+    assert layered.can_observe("other", "title") is False

@@ -37,6 +37,20 @@ from tidings.errors import ErrorCode, ProtocolError
         ('{"event":"hotsock.umdUpdate","data":{"token":5}}', protocol.UmdUpdate(None, 5)),
         ('{"event":"hotsock.umdUpdate"}', protocol.UmdUpdate(None, None)),
         ('{"event":"hotsock.umdUpdate","data":{}}', protocol.UmdUpdate(None, None)),
+        (
+            '{"event":"hotsock.channelStorageSet","channel":"g","key":"k","data":{"a":1}}',
+            protocol.ChannelStorageSet("g", "k", {"a": 1}, None, None),
+        ),
+        (
+            '{"event":"hotsock.channelStorageSet","channel":"g","key":5,'
+            '"scheduleExpression":"at(2030-01-01T00:00:00)","scheduleExpressionTimezone":"UTC"}',
+            protocol.ChannelStorageSet("g", 5, None, "at(2030-01-01T00:00:00)", "UTC"),
+        ),
+        (
+            '{"event":"hotsock.channelStorageGet","channel":"g","key":"k"}',
+            protocol.ChannelStorageGet("g", "k"),
+        ),
+        ('{"event":"hotsock.channelStorageGet"}', protocol.ChannelStorageGet(None, None)),
     ],
 )
 def test_parse_client_frame_commands(text: str, command: protocol.Command) -> None:

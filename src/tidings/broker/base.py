@@ -32,6 +32,8 @@ class Delivery:
 
     payload: bytes  # the complete JSON text of the frame subscribers receive
     exclude: str | None = None  # connection ID that must not receive it (sender without echo)
+    # a storage update goes only to subscribers allowed to observe this key (spec §11)
+    observe_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,10 @@ clusters sharing a Redis need distinct prefixes; ``redis_state.py`` lists its ow
     <prefix>last:<channel>    last ID minted on the channel (PX last_id_ttl_ms)
     <prefix>claim:<key>       claim_once records: jti:<id>, dedup:<id> (PX as asked)
 
-On the wire a ``PUBLISH`` payload is a version byte and one item per delivery: a big-endian
-``uint16`` exclude-ID length, a ``uint32`` payload length, the exclude ID, the payload bytes.
+On the wire a ``PUBLISH`` payload is a version byte (2) and one item per delivery: a big-endian
+``uint16`` exclude-ID length, a ``uint16`` observed-storage-key length, a ``uint32`` payload
+length, the exclude ID, the storage key, the payload bytes. Nodes of one cluster must speak the
+same version: a node drops (and logs) payloads of another.
 Batches are split into payloads of about 512 KiB so no single message nears Redis's pub/sub
 output-buffer limits.
 
@@ -104,9 +106,9 @@ log = logging.getLogger("tidings.broker.redis")
 
 T = TypeVar("T")
 
-WIRE_VERSION: Final = b"\x01"
+WIRE_VERSION: Final = b"\x02"
 MAX_PUBLISH_BYTES: Final = 512 * 1024  # split batches above this (one big delivery stays whole)
-_ITEM: Final = struct.Struct(">HI")  # exclude-ID length, payload length
+_ITEM: Final = struct.Struct(">HHI")  # exclude-ID length, storage-key length, payload length
 _SUBSCRIBE_CHUNK: Final = 1000  # channels per SUBSCRIBE when re-subscribing after a reconnect
 _TURN_BACKOFF_MIN: Final = 0.001  # seconds between attempts to take a busy publishing turn
 _TURN_BACKOFF_MAX: Final = 0.05
@@ -177,13 +179,19 @@ def encode_deliveries(deliveries: Sequence[Delivery]) -> list[bytes]:
     size = len(WIRE_VERSION)
     for delivery in deliveries:
         exclude = delivery.exclude.encode() if delivery.exclude else b""
-        if len(exclude) > 0xFFFF:
-            raise ValueError("exclude connection ID is too long")
-        item = _ITEM.size + len(exclude) + len(delivery.payload)
+        key = delivery.observe_key.encode() if delivery.observe_key else b""
+        if len(exclude) > 0xFFFF or len(key) > 0xFFFF:
+            raise ValueError("exclude connection ID or storage key is too long")
+        item = _ITEM.size + len(exclude) + len(key) + len(delivery.payload)
         if len(parts) > 1 and size + item > MAX_PUBLISH_BYTES:
             payloads.append(b"".join(parts))
             parts, size = [WIRE_VERSION], len(WIRE_VERSION)
-        parts += (_ITEM.pack(len(exclude), len(delivery.payload)), exclude, delivery.payload)
+        parts += (
+            _ITEM.pack(len(exclude), len(key), len(delivery.payload)),
+            exclude,
+            key,
+            delivery.payload,
+        )
         size += item
     if len(parts) > 1:
         payloads.append(b"".join(parts))
@@ -201,13 +209,15 @@ def decode_deliveries(data: bytes) -> list[Delivery]:
     while pos < end:
         if pos + _ITEM.size > end:
             raise ValueError("truncated item header")
-        exclude_len, payload_len = _ITEM.unpack_from(view, pos)
+        exclude_len, key_len, payload_len = _ITEM.unpack_from(view, pos)
         pos += _ITEM.size
-        if pos + exclude_len + payload_len > end:
+        if pos + exclude_len + key_len + payload_len > end:
             raise ValueError("truncated item")
         exclude = bytes(view[pos : pos + exclude_len]).decode() if exclude_len else None
         pos += exclude_len
-        out.append(Delivery(bytes(view[pos : pos + payload_len]), exclude))
+        key = bytes(view[pos : pos + key_len]).decode() if key_len else None
+        pos += key_len
+        out.append(Delivery(bytes(view[pos : pos + payload_len]), exclude, key))
         pos += payload_len
     return out
 

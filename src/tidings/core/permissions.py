@@ -225,6 +225,15 @@ class Grants:
             if name in e.values
         )
 
+    def observes_any(self, channel: str) -> bool:
+        """Whether some storage key under a channel key matching ``channel`` says
+        ``observe: true`` (a cheap test before looking at any entry)."""
+        return any(
+            e.flags.get("observe") is True
+            for _, channel_entry in self._matching(channel)
+            for e in channel_entry.storage
+        )
+
     # Public methods: exact-key features
 
     def auto_subscribe(self) -> list[str]:
@@ -295,7 +304,7 @@ class Permissions:
     ``autoSubscribe`` are only ever read from the connect token.
     """
 
-    __slots__ = ("_policies", "connect", "subscribe")
+    __slots__ = ("_observe", "_policies", "connect", "subscribe")
 
     def __init__(self, connect: Grants, subscribe: Grants | None = None) -> None:
         # Grants of the connect token; the base layer, and the only source of broadcast.
@@ -304,6 +313,8 @@ class Permissions:
         self.subscribe = subscribe
         # publish_policy() answers: tokens are immutable, so a decision never goes stale.
         self._policies: dict[tuple[str, str, bool], PublishPolicy] = {}
+        # can_observe() answers, consulted for every storage update fanned out to a subscriber
+        self._observe: dict[tuple[str, str], bool] = {}
 
     # Public methods
 
@@ -385,6 +396,24 @@ class Permissions:
     def storage_flag(self, channel: str, key: str, name: str) -> bool:
         """Resolve ``observe``, ``get``, ``set`` or ``emitPubSubEvent`` for a storage key."""
         return bool(self._layered(lambda g: g.storage_flag(channel, key, name)))
+
+    def may_observe(self, channel: str) -> bool:
+        """False when no storage key of ``channel`` can resolve ``observe`` to true, so a new
+        subscription needs no look at the channel's entries."""
+        if self.subscribe is not None and self.subscribe.observes_any(channel):
+            return True
+        return self.connect.observes_any(channel)
+
+    def can_observe(self, channel: str, key: str) -> bool:
+        """``observe`` for a storage key (spec §3.8), cached like ``publish_policy``."""
+        cache_key = (channel, key)
+        allowed = self._observe.get(cache_key)
+        if allowed is None:
+            allowed = self.storage_flag(channel, key, "observe")
+            if len(self._observe) >= _POLICY_CACHE_MAX:
+                self._observe.clear()
+            self._observe[cache_key] = allowed
+        return allowed
 
     def storage_store_seconds(self, channel: str, key: str) -> int:
         """TTL of storage entries this connection writes: -1 forever (default), else seconds."""

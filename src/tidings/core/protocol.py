@@ -13,6 +13,8 @@ from tidings.core.json import dumps, loads
 from tidings.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "ChannelStorageGet",
+    "ChannelStorageSet",
     "ClientMessage",
     "Command",
     "Heartbeat",
@@ -86,8 +88,36 @@ class UmdUpdate:
     token: Any  # verified by the hub; anything but a valid umd token is INVALID_UMD_TOKEN
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelStorageSet:
+    """``hotsock.channelStorageSet`` (spec §5.1, §11); the hub validates every field."""
+
+    channel: str | None  # as the client sent it (may be an alias)
+    key: Any
+    data: Any  # absent and null both delete
+    schedule_expression: Any
+    schedule_timezone: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStorageGet:
+    """``hotsock.channelStorageGet`` (spec §5.1)."""
+
+    channel: str | None  # as the client sent it (may be an alias)
+    key: Any
+
+
 Command = (
-    Subscribe | Unsubscribe | Ping | Pong | Heartbeat | ClientMessage | MessageReaction | UmdUpdate
+    Subscribe
+    | Unsubscribe
+    | Ping
+    | Pong
+    | Heartbeat
+    | ClientMessage
+    | MessageReaction
+    | UmdUpdate
+    | ChannelStorageSet
+    | ChannelStorageGet
 )
 
 _SIMPLE: dict[str, Command] = {
@@ -132,6 +162,16 @@ def parse_client_frame(text: str | bytes) -> Command:
         return MessageReaction(channel, frame.get("data"))
     if event == "hotsock.umdUpdate":
         return UmdUpdate(channel, _umd_token(frame.get("data"), sent_channel))
+    if event == "hotsock.channelStorageSet":
+        return ChannelStorageSet(
+            channel,
+            frame.get("key"),
+            frame.get("data"),
+            frame.get("scheduleExpression"),
+            frame.get("scheduleExpressionTimezone"),
+        )
+    if event == "hotsock.channelStorageGet":
+        return ChannelStorageGet(channel, frame.get("key"))
     if event.startswith("hotsock."):
         raise ProtocolError(
             ErrorCode.INVALID_EVENT, f"unknown or unsupported event {event!r}", channel=sent_channel

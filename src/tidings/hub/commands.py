@@ -10,11 +10,12 @@ from typing import Any
 
 from tidings._refusals import refusals
 from tidings.core import protocol
-from tidings.errors import UNAVAILABLE, ProtocolError, wire_error
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.connection import Connection
 from tidings.hub.outbound import Frame
 from tidings.hub.publishing import Publisher, PublishResult, report_failure
 from tidings.hub.reactions import Reactions
+from tidings.hub.storage import Storage
 from tidings.hub.subscriptions import Subscriptions
 from tidings.hub.umd import UmdUpdates
 
@@ -35,11 +36,13 @@ class Commands:
         publisher: Publisher,
         reactions: Reactions,
         umd: UmdUpdates,
+        storage: Storage,
     ) -> None:
         self._subscriptions = subscriptions
         self._publisher = publisher
         self._reactions = reactions
         self._umd = umd
+        self._storage = storage
         self._handlers: dict[type, Handler] = {
             protocol.ClientMessage: self._message,
             protocol.Subscribe: self._subscribe,
@@ -48,6 +51,8 @@ class Commands:
             protocol.Heartbeat: self._heartbeat,
             protocol.MessageReaction: self._reaction,
             protocol.UmdUpdate: self._umd_update,
+            protocol.ChannelStorageSet: self._storage_set,
+            protocol.ChannelStorageGet: self._storage_get,
         }
 
     async def handle(self, conn: Connection, text: str | bytes) -> None:
@@ -74,6 +79,8 @@ class Commands:
                         protocol.Unsubscribe,
                         protocol.MessageReaction,
                         protocol.UmdUpdate,
+                        protocol.ChannelStorageSet,
+                        protocol.ChannelStorageGet,
                     ),
                 )
                 else None
@@ -111,12 +118,35 @@ class Commands:
     async def _umd_update(self, conn: Connection, command: protocol.UmdUpdate) -> None:
         await self._umd.update(conn, command.channel, command.token)
 
+    async def _storage_set(self, conn: Connection, command: protocol.ChannelStorageSet) -> None:
+        write = self._storage.prepare_client(
+            conn, command.channel, command.key, command.data, trigger="client.websocket"
+        )
+        if command.schedule_expression is not None:
+            raise ProtocolError(
+                ErrorCode.INVALID_SCHEDULE,
+                "scheduled storage writes are not supported by this server yet",
+                channel=command.channel,
+            )
+        future = self._storage.write(write)
+        sent = command.channel or ""
+
+        def report(done: asyncio.Future[PublishResult]) -> None:
+            report_failure(conn, sent, done, what="storage write")
+
+        future.add_done_callback(report)
+
+    async def _storage_get(self, conn: Connection, command: protocol.ChannelStorageGet) -> None:
+        conn.send(Frame(await self._storage.get_client(conn, command.channel, command.key)))
+
 
 _COMMAND_EVENTS: dict[type, str] = {
     protocol.Subscribe: "hotsock.subscribe",
     protocol.Unsubscribe: "hotsock.unsubscribe",
     protocol.MessageReaction: "hotsock.messageReaction",
     protocol.UmdUpdate: "hotsock.umdUpdate",
+    protocol.ChannelStorageSet: "hotsock.channelStorageSet",
+    protocol.ChannelStorageGet: "hotsock.channelStorageGet",
 }
 
 

@@ -111,3 +111,29 @@ class Emitter:
             "userAgent": stored.user_agent,
         }
         self.emit(type_, "messageReaction", data, metadata)
+
+    def storage(
+        self,
+        *,
+        channel: str,
+        key: str,
+        data: str | None,
+        previous: str | None,
+        expired: bool,
+        expires_ms: int | None,
+        uid: str | None,
+        umd: str,
+        metadata: dict[str, Any],
+    ) -> None:
+        """``hotsock.channelStorageUpdated`` (spec §17.2); values are JSON texts, None for
+        "no value" (a first write's ``dataPrevious``, a deletion's ``data``)."""
+        payload = {
+            "channel": channel,
+            "key": key,
+            "data": None if data is None else orjson.loads(data),
+            "dataPrevious": None if previous is None else orjson.loads(previous),
+            "expired": expired,
+            "expiresAt": None if expires_ms is None else rfc3339_seconds(expires_ms),
+            "meta": {"uid": uid, "umd": orjson.loads(umd)},
+        }
+        self.emit("hotsock.channelStorageUpdated", "channelStorage", payload, metadata)

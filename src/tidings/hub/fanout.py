@@ -45,6 +45,9 @@ class Fanout:
         frames = [Frame(d.payload, d.exclude) for d in deliveries]
         excluded = {f.exclude for f in frames if f.exclude is not None}
         now = time.monotonic()  # outbound frames count as activity for the idle timeout
+        if any(d.observe_key is not None for d in deliveries):
+            self._deliver_observed(channel, local, deliveries, frames, now)
+            return
         if not excluded:
             for conn in local.values():
                 conn.last_activity = now
@@ -57,3 +60,33 @@ class Fanout:
                 else:
                     conn.send_many(frames)
         self.frames_delivered += len(frames) * len(local)
+
+    def _deliver_observed(
+        self,
+        channel: str,
+        local: dict[str, Connection],
+        deliveries: Sequence[Delivery],
+        frames: list[Frame],
+        now: float,
+    ) -> None:
+        """A batch holding storage updates: each goes only to subscribers allowed to observe
+        its key (spec §11), the rest as usual. Counted per frame actually sent."""
+        sent = 0
+        for conn in list(local.values()):
+            sub = conn.subscriptions.get(channel)
+            if sub is None:
+                continue
+            perms = sub.permissions
+            mine = [
+                frame
+                for frame, delivery in zip(frames, deliveries, strict=True)
+                if frame.exclude != conn.id
+                and (
+                    delivery.observe_key is None or perms.can_observe(channel, delivery.observe_key)
+                )
+            ]
+            if mine:
+                conn.last_activity = now
+                conn.send_many(mine)
+                sent += len(mine)
+        self.frames_delivered += sent

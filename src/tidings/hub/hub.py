@@ -12,6 +12,7 @@ Where things live (see docs/design.md for the whole map)::
     history.py        listMessages and the expired-message sweeper
     reactions.py      message reactions and listReactions
     umd.py            umdUpdate / umdPropagate
+    storage.py        channel storage: writes, reads, observers, expiry
     channel_info.py   getChannelInfo and the admin channel figures
     emitter.py        backend-event payloads
     connection.py     one connection, its bounded queue and its watchdog
@@ -29,6 +30,7 @@ from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import new_connection_id, new_connection_secret
 from tidings.core.requests import ServerPublish
+from tidings.core.storage import StorageWrite
 from tidings.core.tokens import Claims
 from tidings.errors import CloseCode
 from tidings.events.bus import EventBus
@@ -44,6 +46,7 @@ from tidings.hub.outbound import Frame, Outlet
 from tidings.hub.presence import Presence
 from tidings.hub.publishing import Publication, Publisher, PublishResult
 from tidings.hub.reactions import Reactions
+from tidings.hub.storage import Storage
 from tidings.hub.subscriptions import Subscriptions
 from tidings.hub.umd import UmdUpdates
 from tidings.store.base import Store
@@ -69,6 +72,7 @@ class Hub:
         self.connections_opened = 0
         self._background = Background()
         self._sweeper: asyncio.Task[None] | None = None
+        self._storage_sweeper: asyncio.Task[None] | None = None
         self._emitter = Emitter(events)
         self._auth = Auth(settings=settings, broker=broker)
         self._fanout = Fanout()
@@ -76,6 +80,13 @@ class Hub:
         self._history = History(
             store=store, sweep_interval=settings.timeouts.sweep_interval_seconds
         )
+        self._storage = Storage(
+            store=store,
+            publisher=self._publisher,
+            emitter=self._emitter,
+            sweep_interval=settings.timeouts.sweep_interval_seconds,
+        )
+        self._publisher.storage = self._storage
         presence = Presence(
             broker=broker, emitter=self._emitter, max_bytes=settings.limits.presence_max_bytes
         )
@@ -85,6 +96,7 @@ class Hub:
             auth=self._auth,
             fanout=self._fanout,
             presence=presence,
+            storage=self._storage,
             emitter=self._emitter,
             background=self._background,
             connections=self.connections,
@@ -97,6 +109,7 @@ class Hub:
             publisher=self._publisher,
             reactions=self._reactions,
             umd=self._umd,
+            storage=self._storage,
         )
 
     # Lifecycle
@@ -109,7 +122,9 @@ class Hub:
         await self._broker.start(
             self._fanout.deliver, serve=serve, reaped=self._subscriptions.on_reaped
         )
-        self._sweeper = asyncio.get_running_loop().create_task(self._history.sweep_forever())
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._history.sweep_forever())
+        self._storage_sweeper = loop.create_task(self._storage.sweep_forever())
 
     async def drain(self) -> None:
         """Graceful stop: close every connection with 1001, finish queued publications, flush
@@ -121,9 +136,10 @@ class Hub:
         # concurrently: with a shared broker each cleanup waits on round trips
         await asyncio.gather(*(self.close_connection(conn) for conn in conns))
         await self._publisher.drain(self.settings.timeouts.drain_seconds)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for sweeper in (self._sweeper, self._storage_sweeper):
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
         if self._events is not None:
             await self._events.aclose()  # after the last disconnect events were emitted
         await self._store.aclose()
@@ -280,3 +296,37 @@ class Hub:
     async def channel_info(self, conn: Connection, body: dict[str, Any]) -> dict[str, Any]:
         """``getChannelInfo``: ``{"channel","subscriptionsCount","members"?}``."""
         return await self._channel_info.for_client(conn, body)
+
+    # Channel storage (spec §11, §10.2, §15, §16)
+
+    def write_storage(self, write: StorageWrite) -> asyncio.Future[PublishResult]:
+        """Apply a validated storage write now, in its channel's lane (the entry point for
+        every writer: clients, ``POST /publish``, schedules coming due). Its TTL starts now.
+        The future resolves once it is durable; ``duplicate`` means the value was unchanged
+        (only the expiry moved, nothing was delivered)."""
+        return self._storage.write(write)
+
+    def prepare_storage_client(
+        self, conn: Connection, channel: Any, key: Any, data: Any, *, trigger: str
+    ) -> StorageWrite:
+        """Validate and authorise a client's storage write without applying it; raises
+        ``ProtocolError`` for refusals."""
+        return self._storage.prepare_client(conn, channel, key, data, trigger=trigger)
+
+    async def get_storage_client(self, conn: Connection, channel: Any, key: Any) -> bytes:
+        """``channelStorageGet``: the ``hotsock.channelStorageData`` body."""
+        return await self._storage.get_client(conn, channel, key)
+
+    async def list_storage_client(self, conn: Connection, body: dict[str, Any]) -> bytes:
+        """``channelStorageList``: the ``{"items":[…]}`` body."""
+        return await self._storage.list_client(conn, body)
+
+    async def list_storage_admin(
+        self, channel: str, *, keys: list[str] | None, after: str | None
+    ) -> bytes:
+        """``GET /channels/{name}/storage``: the ``{"items":[…]}`` body."""
+        return await self._storage.list_admin(channel, keys, after)
+
+    async def sweep_storage(self) -> int:
+        """Delete the expired storage entries now (the sweeper does it periodically)."""
+        return await self._storage.sweep()

@@ -1,12 +1,13 @@
 """Publishing (spec §8, §9, §15): each channel's ordered lane, where IDs are minted, duplicates
-caught, reactions applied, stored messages committed and everything handed to the broker.
+caught, reactions and storage writes applied, stored messages committed and everything handed
+to the broker.
 
 ::
 
-    publish_client / publish_server / reactions ──▶ channel lane (FIFO, one task drains it)
+    publish_client / publish_server / reactions / storage ──▶ channel lane (FIFO, one task)
         async with broker.ordering(channel) as mint:     the channel's publishing turn
-            mint IDs → dedup claims → store.apply_reactions → store.append (group commit)
-            → broker.publish
+            mint IDs → dedup claims → store.apply_reactions → observers' storage reads
+            → store.apply_storage → store.append (group commit) → broker.publish
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tidings.store.base import MessageRecord, Store
 
 if TYPE_CHECKING:
     from tidings.hub.reactions import ReactionIntent
+    from tidings.hub.storage import Storage, StorageIntent
 
 __all__ = ["DEDUP_WINDOW_MS", "Publication", "PublishResult", "Publisher", "report_failure"]
 
@@ -62,11 +64,12 @@ class Publication:
     id: str = ""  # minted when its lane processes it, in the channel's publishing turn
     created_ms: int = 0
     reaction: ReactionIntent | None = None  # set on reaction events (spec §12)
+    storage: StorageIntent | None = None  # set on storage writes and reads (spec §11)
 
     @property
     def durable(self) -> bool:
         """Whether the store holds what this publication did once its batch is committed."""
-        return self.store_seconds != 0 or self.reaction is not None
+        return self.store_seconds != 0 or self.reaction is not None or self.storage is not None
 
     def record(self) -> MessageRecord:
         expires = None if self.store_seconds < 0 else self.created_ms + self.store_seconds * 1000
@@ -116,6 +119,7 @@ class Publisher:
         self._emitter = emitter
         self._lanes: dict[str, _Lane] = {}
         self.published = 0  # messages acknowledged by this node
+        self.storage: Storage | None = None  # set by the hub; runs storage steps in the lane
 
     # Public methods
 
@@ -240,16 +244,11 @@ class Publisher:
     async def _publish_batch(self, channel: str, batch: list[Pending], mint: Minter) -> None:
         live = await self._claim_dedup(batch, mint)
         live = await self._apply_reactions(channel, live)
+        live = await self._apply_storage(channel, live)
         live = await self._store_batch(channel, live)
         if not live:
             return
-        deliveries = [
-            Delivery(
-                protocol.message_frame(p.id, p.event, p.channel, p.data_json, p.meta_json),
-                p.exclude,
-            )
-            for p, _ in live
-        ]
+        deliveries = [self._delivery(p) for p, _ in live]
         try:
             await self._broker.publish(channel, deliveries)
         except Exception as exc:
@@ -266,7 +265,9 @@ class Publisher:
         for pub, future in live:
             _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
             if pub.emit_event and self._emitter.enabled:
-                if pub.reaction is not None and pub.reaction.stored is not None:
+                if pub.storage is not None and self.storage is not None:
+                    self.storage.announce(pub)
+                elif pub.reaction is not None and pub.reaction.stored is not None:
                     self._emitter.reaction(pub.event, pub.reaction.stored)
                 else:
                     self._emitter.published(pub)
@@ -319,6 +320,56 @@ class Publisher:
             else:
                 kept.append((pub, future))
         return kept
+
+    async def _apply_storage(self, channel: str, live: list[Pending]) -> list[Pending]:
+        """Send new observers their entries, then apply the batch's storage writes in one
+        store call; an unchanged value succeeds without being delivered (spec §11)."""
+        storage = self.storage
+        if storage is None or all(p.storage is None for p, _ in live):
+            return live
+        # read before this batch's writes: each of them then reaches the observer after
+        for pub, future in live:
+            if pub.storage is not None and pub.storage.observer is not None:
+                try:
+                    await storage.snapshot(pub.storage)
+                except Exception as exc:
+                    _fail(future, exc)
+                _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
+        rest = [(p, f) for p, f in live if p.storage is None]
+        writing = [(p, f) for p, f in live if p.storage is not None and p.storage.write is not None]
+        if not writing:
+            return rest
+        now = now_ms()
+        changes = [p.storage.change(now) for p, _ in writing if p.storage is not None]
+        try:
+            outcomes = await self._store.apply_storage(changes, now_ms=now)
+        except Exception as exc:
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! storage writes on %s failed: %s", channel, exc)
+            elif not isinstance(exc, StoreError):
+                log.exception("! applying storage writes failed on %s", channel)
+            await self._fail_all(writing, exc)
+            return rest
+        changed: set[int] = set()
+        for (pub, future), outcome in zip(writing, outcomes, strict=True):
+            assert pub.storage is not None
+            pub.storage.outcome = outcome
+            if outcome.expired is not None:
+                storage.announce_expired(outcome.expired)
+            if outcome.changed:
+                changed.add(id(pub))
+            else:
+                _resolve(future, PublishResult(pub.channel, pub.event, pub.id, duplicate=True))
+        return [(p, f) for p, f in live if p.storage is None or id(p) in changed]
+
+    def _delivery(self, pub: Publication) -> Delivery:
+        if pub.storage is not None and pub.storage.write is not None and self.storage is not None:
+            frame = self.storage.delivery_frame(pub)
+            return Delivery(frame, None, pub.storage.write.key)
+        return Delivery(
+            protocol.message_frame(pub.id, pub.event, pub.channel, pub.data_json, pub.meta_json),
+            pub.exclude,
+        )
 
     async def _store_batch(self, channel: str, live: list[Pending]) -> list[Pending]:
         """Commit the stored messages in one append; returns what may go on to the broker."""

@@ -21,6 +21,7 @@ from tidings.hub.emitter import Emitter
 from tidings.hub.fanout import Fanout
 from tidings.hub.outbound import Frame
 from tidings.hub.presence import Presence
+from tidings.hub.storage import Storage
 
 __all__ = ["Subscriptions"]
 
@@ -38,6 +39,7 @@ class Subscriptions:
         auth: Auth,
         fanout: Fanout,
         presence: Presence,
+        storage: Storage,
         emitter: Emitter,
         background: Background,
         connections: dict[str, Connection],
@@ -47,6 +49,7 @@ class Subscriptions:
         self._auth = auth
         self._fanout = fanout
         self._presence = presence
+        self._storage = storage
         self._emitter = emitter
         self._background = background
         self._connections = connections  # the hub's live connections (read only)
@@ -113,6 +116,7 @@ class Subscriptions:
         )
         if self.debug:
             log.debug("= %s subscribed to %s", conn.id, channel)
+        await self._storage.send_observed(conn, sub)
         if conn.closed and self._connections.get(conn.id) is not conn:
             # the connection ended while we awaited: undo what its cleanup could not see
             if conn.subscriptions.get(channel) is sub:

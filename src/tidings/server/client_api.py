@@ -15,6 +15,7 @@ from tidings._refusals import refusals
 from tidings.core.json import dumps
 from tidings.core.reactions import REACTION_EVENT
 from tidings.core.requests import flag, parse_body_object, refuse_schedule
+from tidings.core.storage import STORAGE_SET_EVENT
 from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error, wire_status
 from tidings.hub.connection import Connection
 from tidings.hub.hub import Hub
@@ -63,6 +64,23 @@ async def _get_channel_info(hub: Hub, conn: Connection, body: dict[str, Any]) ->
     return 200, dumps(await hub.channel_info(conn, body))
 
 
+async def _storage_get(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
+    return 200, await hub.get_storage_client(conn, body.get("channel"), body.get("key"))
+
+
+async def _storage_set(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
+    write = hub.prepare_storage_client(
+        conn, body.get("channel"), body.get("key"), body.get("data"), trigger="client.http"
+    )
+    refuse_schedule(body)
+    result = await hub.write_storage(write)
+    return 202, dumps({"channel": result.channel, "event": STORAGE_SET_EVENT})
+
+
+async def _storage_list(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
+    return 200, await hub.list_storage_client(conn, body)
+
+
 async def _umd_update(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
     if body.get("token") is None:
         raise ProtocolError(ErrorCode.INVALID_UMD_TOKEN, "token is required")
@@ -77,6 +95,9 @@ OPERATIONS: dict[str, Operation] = {
     "listReactions": _list_reactions,
     "getChannelInfo": _get_channel_info,
     "umdUpdate": _umd_update,
+    "channelStorageGet": _storage_get,
+    "channelStorageSet": _storage_set,
+    "channelStorageList": _storage_list,
 }
 
 

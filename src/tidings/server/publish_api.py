@@ -9,7 +9,8 @@ from aiohttp import web
 
 from tidings._refusals import refusals
 from tidings.core.reactions import REACTION_EVENT
-from tidings.core.requests import ServerPublish, parse_server_publish
+from tidings.core.requests import ServerPublish, parse_server_publish, refuse_schedule
+from tidings.core.storage import STORAGE_SET_EVENT, parse_server_storage
 from tidings.errors import ErrorCode, ProtocolError, wire_error
 from tidings.hub.hub import Hub, PublishResult
 from tidings.server.http import json_response, read_json, require_api_key
@@ -55,6 +56,11 @@ async def _publish(hub: Hub, body: Any) -> web.Response:
     if isinstance(body, dict) and body.get("event") == REACTION_EVENT:
         result = await (await hub.react_server(body))
         return json_response({"channel": result.channel, "event": REACTION_EVENT}, status=202)
+    if isinstance(body, dict) and body.get("event") == STORAGE_SET_EVENT:
+        write = parse_server_storage(body)
+        refuse_schedule(body)
+        stored = await hub.write_storage(write)
+        return json_response({"channel": stored.channel, "event": STORAGE_SET_EVENT}, status=202)
     message = parse_server_publish(body)
     result = await hub.publish_server(message)
     return json_response(result_body(result, message.eager), status=202)
@@ -67,10 +73,10 @@ async def _publish_many(hub: Hub, items: list[Any]) -> web.Response:
         )
     messages: list[ServerPublish] = []
     for index, item in enumerate(items):
-        if isinstance(item, dict) and item.get("event") == REACTION_EVENT:
+        if isinstance(item, dict) and item.get("event") in (REACTION_EVENT, STORAGE_SET_EVENT):
             raise ProtocolError(
                 ErrorCode.INVALID_EVENT,
-                f"message {index}: {REACTION_EVENT} must be published on its own, not in an array",
+                f"message {index}: {item['event']} must be published on its own, not in an array",
             )
         try:
             messages.append(parse_server_publish(item))
