@@ -117,8 +117,7 @@ async def drop_store_tables(table_prefix: str) -> None:
     await postgres_execute(
         f'DROP TABLE IF EXISTS "{table_prefix}messages", "{table_prefix}reactions", '
         f'"{table_prefix}schedules", "{table_prefix}revocations", '
-        f'"{table_prefix}schema_version"'
-        f'"{table_prefix}storage", "{table_prefix}schema_version"'
+        f'"{table_prefix}storage", "{table_prefix}dedup", "{table_prefix}schema_version"'
     )
 
 

@@ -8,6 +8,7 @@ Tree::
     ├── ProtocolError                      a request broke a protocol rule; carries an ErrorCode
     ├── StoreError                         the storage backend failed
     │   └── StoreUnavailable               the backend cannot be reached right now (HTTP 503)
+    │       └── StoreOutcomeUnknown        it went away mid-commit: maybe stored (HTTP 503)
     └── BrokerUnavailable                  the broker (Redis) cannot be reached (HTTP 503)
 
 ``ProtocolError`` is what every adapter turns into the wire: a ``hotsock.error`` frame on the
@@ -25,6 +26,7 @@ __all__ = [
     "ErrorCode",
     "ProtocolError",
     "StoreError",
+    "StoreOutcomeUnknown",
     "StoreUnavailable",
     "TidingsError",
     "TokenError",
@@ -66,6 +68,9 @@ class ErrorCode(enum.StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    # tidings extension: a 503 after which the message may be stored; retry with the same
+    # deduplicationId (the retry is answered as a duplicate if it was)
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
     @property
@@ -96,6 +101,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
+    ErrorCode.OUTCOME_UNKNOWN: 503,
 }
 
 
@@ -162,6 +168,11 @@ class StoreUnavailable(StoreError):
     """The storage backend cannot be reached; callers answer 503 and must not acknowledge."""
 
 
+class StoreOutcomeUnknown(StoreUnavailable):
+    """The connection to the backend died while a write was committing: it may or may not have
+    been stored. Answered 503 ``OUTCOME_UNKNOWN``; retrying the same write is the right move."""
+
+
 class BrokerUnavailable(TidingsError):
     """The broker cannot be reached, or another node did not answer in time (HTTP 503)."""
 
@@ -175,10 +186,17 @@ def wire_error(exc: BaseException) -> tuple[ErrorCode, str]:
     refusals keep their own, backend outages are 503s, anything else is an internal error."""
     if isinstance(exc, ProtocolError):
         return exc.code, exc.message
+    if isinstance(exc, StoreOutcomeUnknown):
+        return (
+            ErrorCode.OUTCOME_UNKNOWN,
+            "storage went away while committing; the message may be stored: retry with the "
+            "same deduplicationId",
+        )
     if isinstance(exc, StoreUnavailable):
         return ErrorCode.SERVICE_UNAVAILABLE, "storage is unavailable; retry later"
     if isinstance(exc, BrokerUnavailable):
-        return ErrorCode.SERVICE_UNAVAILABLE, f"{exc}; retry later"
+        # the reason (addresses, Redis replies, script digests) is in the log, never in a body
+        return ErrorCode.SERVICE_UNAVAILABLE, "the message broker is unavailable; retry later"
     return ErrorCode.INTERNAL_ERROR, "internal error"
 
 

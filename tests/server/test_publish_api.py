@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from tests.conftest import API_KEY2, Server, StartServer
+from tests.faults import CuttingProxy
+from tests.services import postgres_schema
 
 from tidings.errors import StoreUnavailable
 
@@ -172,11 +174,12 @@ class FlakyStore:
         self.inner = inner
         self.failures = failures
 
-    async def append(self, records: Any) -> None:
+    async def append(self, records: Any) -> list[str]:
         if self.failures > 0:
             self.failures -= 1
             raise StoreUnavailable("backend down")
-        await self.inner.append(records)
+        stored: list[str] = await self.inner.append(records)
+        return stored
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -203,3 +206,87 @@ async def test_stored_publish_fails_503_and_retry_with_same_dedup_id_lands(
     assert (await client.recv())["id"] == ok["id"]
     assert await server.publish(msg) == ok  # now a real duplicate
     await client.nothing()
+
+
+async def _stored(store: Any, channel: str) -> list[str]:
+    return [r.id for r in await store.list_messages(channel, now_ms=0, limit=1000)]
+
+
+async def test_stored_publish_retry_after_a_restart_stores_nothing(
+    start_server: StartServer, tmp_path: Any
+) -> None:
+    """A publisher whose 202 was lost in a crash resends after the restart: it gets the
+    original 202 (and ID) and nothing is stored twice, though the broker's memory is gone."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    msg = {
+        "channel": "room",
+        "event": "e",
+        "store": -1,
+        "deduplicationId": "after-crash",
+        "eagerIdGeneration": True,
+    }
+    first = await start_server(store=url)
+    original = await first.publish(msg)
+    await first.node.stop()
+    second = await start_server(store=url)
+    client = await second.connect(OPEN)
+    await client.subscribe("room")
+    assert await second.publish(msg) == original
+    await client.nothing()
+    assert await _stored(second.node.store, "room") == [original["id"]]
+
+
+async def test_stored_publish_duplicates_within_one_batch_store_one(
+    start_server: StartServer, tmp_path: Any
+) -> None:
+    """An array publish repeating a deduplicationId stores and delivers it once."""
+    server = await start_server(store=f"sqlite:///{tmp_path}/t.db")
+    client = await server.connect(OPEN)
+    await client.subscribe("room")
+    one = {"channel": "room", "event": "e", "store": 60, "deduplicationId": "twice"}
+    answers = await server.publish([{**one, "eagerIdGeneration": True}] * 3)
+    assert len({a["id"] for a in answers}) == 1
+    assert (await client.recv())["id"] == answers[0]["id"]
+    await client.nothing()
+    assert await _stored(server.node.store, "room") == [answers[0]["id"]]
+
+
+@pytest.mark.integration
+async def test_stored_publish_in_doubt_answers_outcome_unknown_and_retry_is_safe(
+    start_server: StartServer,
+) -> None:
+    """PostgreSQL commits but the reply is lost and the server stays away: the publish
+    answers 503 OUTCOME_UNKNOWN, and the retry with the same deduplicationId gets the original
+    ID without storing or delivering it twice."""
+    proxy = CuttingProxy(5432)
+    await proxy.start()
+    try:
+        async with postgres_schema("doubt") as schema:
+            url = (
+                f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={schema}"
+                "&pool_min_size=1&pool_max_size=1"
+            )
+            server = await start_server(store=url)
+            client = await server.connect(OPEN)
+            await client.subscribe("room")
+            msg = {
+                "channel": "room",
+                "event": "e",
+                "store": 60,
+                "deduplicationId": "in-doubt",
+                "eagerIdGeneration": True,
+            }
+            proxy.cut_after(b"COMMIT")
+            body = await server.publish(msg, status=503)
+            assert proxy.cuts == 1
+            assert body["error"]["code"] == "OUTCOME_UNKNOWN"
+            assert "deduplicationId" in body["error"]["message"]
+            await client.nothing()
+            proxy.heal()
+            [stored] = await _stored(server.node.store, "room")
+            assert await server.publish(msg) == {"channel": "room", "event": "e", "id": stored}
+            await client.nothing()
+            assert await _stored(server.node.store, "room") == [stored]
+            await server.node.stop()
+    finally:
+        await proxy.aclose()

@@ -124,6 +124,7 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
             store.schedules_table,
             store.revocations_table,
             store.storage_table,
+            store.dedup_table,
         )
         for statement in _migrations(*tables)[1]:
             await conn.execute(statement)
@@ -150,6 +151,8 @@ async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
         assert await store.list_revocations(now_ms=T0) == []
         entry = make_entry()
         assert await store.apply_storage([entry], now_ms=T0) == [StorageOutcome(None, entry, True)]
+        dedup = make_record(sequence=1, dedup_id="d")
+        assert await store.append([dedup, make_record(sequence=2, dedup_id="d")]) == [dedup.id] * 2
     finally:
         await store.aclose()
 
@@ -223,7 +226,7 @@ async def test_postgres_store_nul_character_fails_only_its_call(schema: str) -> 
             *(store.append([r]) for r in good[5:]),
             return_exceptions=True,
         )
-        errors = [o for o in outcomes if o is not None]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(errors) == 1 and type(errors[0]) is StoreError
         assert await store.list_messages("room.1", now_ms=T0) == good
     finally:

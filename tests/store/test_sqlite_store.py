@@ -237,7 +237,7 @@ async def test_sqlite_store_bad_call_does_not_fail_its_batch(tmp_path: Path) -> 
             *(store.append([r]) for r in good[10:]),
             return_exceptions=True,
         )
-        errors = [o for o in outcomes if o is not None]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(errors) == 1 and type(errors[0]) is StoreError
         assert await store.list_messages("room.1", now_ms=T0) == good
     finally:
@@ -348,6 +348,8 @@ async def test_sqlite_store_upgrades_a_version_1_file(tmp_path: Path) -> None:
         assert await store.list_revocations(now_ms=T0) == []
         entry = make_entry()
         assert await store.apply_storage([entry], now_ms=T0) == [StorageOutcome(None, entry, True)]
+        dedup = make_record(sequence=1, dedup_id="d")
+        assert await store.append([dedup, make_record(sequence=2, dedup_id="d")]) == [dedup.id] * 2
     finally:
         await store.aclose()
     with sqlite3.connect(path) as raw:

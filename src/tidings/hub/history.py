@@ -88,17 +88,18 @@ class History:
         return b'{"messages":[' + b",".join(parts) + b"]}"
 
     async def sweep_forever(self) -> None:
-        """Delete expired messages every ``sweep_interval`` seconds until cancelled."""
+        """Delete expired messages, reactions and deduplication IDs every ``sweep_interval``
+        seconds until cancelled."""
         while True:
             await asyncio.sleep(self._sweep_interval)
             try:
-                while await self._store.sweep(now_ms=now_ms(), limit=SWEEP_BATCH) >= SWEEP_BATCH:
-                    await asyncio.sleep(0)
-                while (
-                    await self._store.sweep_reactions(now_ms=now_ms(), limit=SWEEP_BATCH)
-                    >= SWEEP_BATCH
+                for sweep in (
+                    self._store.sweep,
+                    self._store.sweep_reactions,
+                    self._store.sweep_dedup,
                 ):
-                    await asyncio.sleep(0)
+                    while await sweep(now_ms=now_ms(), limit=SWEEP_BATCH) >= SWEEP_BATCH:
+                        await asyncio.sleep(0)
             except Exception:
                 log.exception("! expired-message sweep failed")
 

@@ -8,6 +8,12 @@ to the broker.
         async with broker.ordering(channel) as mint:     the channel's publishing turn
             mint IDs → dedup claims → store.apply_reactions → observers' storage reads
             → store.apply_storage → store.append (group commit) → broker.publish
+
+A stored message's ``deduplicationId`` is recorded by ``store.append`` in the transaction that
+stores the message, so it is exactly as durable: a retry after a crash, a restart or a lost
+reply is answered with the original ID and stores nothing. An unstored message exists only in
+flight, and its ``deduplicationId`` is a broker claim (cluster-wide, released when the message
+fails).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from tidings.hub._common import now_ms, resolve_sent
 from tidings.hub.connection import Connection
 from tidings.hub.emitter import Emitter
 from tidings.hub.outbound import Frame
-from tidings.store.base import MessageRecord, Store
+from tidings.store.base import DEDUP_WINDOW_MS, MessageRecord, Store
 
 if TYPE_CHECKING:
     from tidings.hub.reactions import ReactionIntent
@@ -38,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["DEDUP_WINDOW_MS", "Publication", "PublishResult", "Publisher", "report_failure"]
 
 log = logging.getLogger("tidings.hub")
-
-DEDUP_WINDOW_MS = 5 * 60 * 1000
 
 
 @dataclass(slots=True)
@@ -58,13 +62,18 @@ class Publication:
     connection_id: str | None = None
     source_ip: str | None = None
     user_agent: str | None = None
-    dedup_key: str | None = None
+    dedup_id: str | None = None  # the server publish's deduplicationId
     emit_event: bool = False  # emit hotsock.messagePublished once delivered
     request_id: str = ""  # ULID of the accepting request (event metadata)
     id: str = ""  # minted when its lane processes it, in the channel's publishing turn
     created_ms: int = 0
     reaction: ReactionIntent | None = None  # set on reaction events (spec §12)
     storage: StorageIntent | None = None  # set on storage writes and reads (spec §11)
+
+    @property
+    def claims_in_broker(self) -> bool:
+        """Whether its ``deduplicationId`` is a broker claim: the store records a stored one."""
+        return self.dedup_id is not None and self.store_seconds == 0
 
     @property
     def durable(self) -> bool:
@@ -86,6 +95,7 @@ class Publication:
             connection_id=self.connection_id,
             source_ip=self.source_ip,
             user_agent=self.user_agent,
+            dedup_id=self.dedup_id,
         )
 
 
@@ -190,7 +200,7 @@ class Publisher:
                 store_seconds=request.store_seconds,
                 exclude=None,
                 trigger=trigger,
-                dedup_key=f"dedup:{dedup}" if dedup else None,
+                dedup_id=dedup or None,
                 emit_event=request.emit_event,
             )
         )
@@ -278,9 +288,11 @@ class Publisher:
         live: list[Pending] = []
         for pub, future in batch:
             pub.id = mint(now_ms())
-            if pub.dedup_key is not None:
+            if pub.claims_in_broker:
                 try:
-                    original = await self._broker.claim_once(pub.dedup_key, pub.id, DEDUP_WINDOW_MS)
+                    original = await self._broker.claim_once(
+                        f"dedup:{pub.dedup_id}", pub.id, DEDUP_WINDOW_MS
+                    )
                 except Exception as exc:
                     _fail(future, exc)
                     continue
@@ -372,12 +384,14 @@ class Publisher:
         )
 
     async def _store_batch(self, channel: str, live: list[Pending]) -> list[Pending]:
-        """Commit the stored messages in one append; returns what may go on to the broker."""
+        """Commit the stored messages in one append; returns what may go on to the broker. A
+        stored message whose ``deduplicationId`` the store already holds is answered with the
+        original ID and goes no further."""
         records = [pub.record() for pub, _ in live if pub.store_seconds != 0]
         if not records:
             return live
         try:
-            await self._store.append(records)
+            stored = iter(await self._store.append(records))
         except Exception as exc:
             if isinstance(exc, UNAVAILABLE):
                 log.warning("! storing on %s failed: %s", channel, exc)
@@ -385,16 +399,23 @@ class Publisher:
                 log.exception("! store append failed on %s", channel)
             await self._fail_all([(p, f) for p, f in live if p.store_seconds != 0], exc)
             return [(p, f) for p, f in live if p.store_seconds == 0]
-        return live
+        kept: list[Pending] = []
+        for pub, future in live:
+            original = next(stored) if pub.store_seconds != 0 else pub.id
+            if original == pub.id:
+                kept.append((pub, future))
+            else:
+                _resolve(future, PublishResult(pub.channel, pub.event, original, duplicate=True))
+        return kept
 
     async def _fail_all(self, items: list[Pending], exc: BaseException) -> None:
         """Fail publications that were not delivered, releasing their deduplication claims so a
         retry with the same ``deduplicationId`` is not mistaken for a duplicate."""
         for pub, future in items:
             _fail(future, exc)
-            if pub.dedup_key is not None:
+            if pub.claims_in_broker:
                 try:
-                    await self._broker.release(pub.dedup_key, pub.id)
+                    await self._broker.release(f"dedup:{pub.dedup_id}", pub.id)
                 except Exception:
                     log.exception("! could not release deduplication claim")
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 from tidings.core.revocations import Revocation, RevocationKind
 from tidings.core.storage import json_equal
 
 __all__ = [
+    "DEDUP_WINDOW_MS",
     "MessageRecord",
     "ReactionChange",
     "ReactionRecord",
@@ -34,6 +35,10 @@ __all__ = [
 ]
 
 
+DEDUP_WINDOW_MS: Final = 5 * 60 * 1000
+"""How long a ``deduplicationId`` is remembered from its first acceptance (spec §15)."""
+
+
 @dataclass(frozen=True, slots=True)
 class MessageRecord:
     """One stored channel message (spec §9.1).
@@ -41,6 +46,10 @@ class MessageRecord:
     ``data`` and ``umd`` hold the compact JSON *text* of the value (``"null"`` for JSON null), so
     any value that is valid on the wire round-trips byte for byte, on every backend (PostgreSQL's
     ``jsonb`` would refuse ``\\u0000`` and reorder keys; text does neither).
+
+    ``dedup_id`` is the publisher's ``deduplicationId``: ``append`` records it in the same
+    transaction as the message, so a retry is recognised even after a crash. It is not read
+    back (listed records have None) and takes no part in equality.
     """
 
     id: str  # ULID; also the sort key
@@ -55,6 +64,7 @@ class MessageRecord:
     connection_id: str | None = None
     source_ip: str | None = None
     user_agent: str | None = None
+    dedup_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +183,23 @@ class Store(Protocol):
         at once."""
         ...
 
-    async def append(self, records: Sequence[MessageRecord]) -> None:
+    async def append(self, records: Sequence[MessageRecord]) -> list[str]:
         """Persist ``records``. When this returns, every record is durable (survives a crash of
         this process); when it raises, none of them may be acknowledged to a client. Records with
         an ID already stored are ignored (idempotent retries).
 
+        A record with a ``dedup_id`` is stored only when no unexpired earlier record (on any
+        channel) holds that ``dedup_id``; the ``dedup_id`` is recorded, in the same transaction
+        as the message, until ``created_ms + DEDUP_WINDOW_MS``. Among records of one call, the
+        first wins.
+
+        Returns:
+            For each record, in order, the ID its message is stored under: its own, or, for a
+            duplicate ``dedup_id``, the original message's (and that record was not stored).
+
         Raises:
+            StoreOutcomeUnknown: the connection died while committing; the records may or may
+                not be stored. A retry with the same records (same ``dedup_id``) is safe.
             StoreUnavailable: the backend cannot be reached; nothing was written.
             StoreError: any other failure.
         """
@@ -209,6 +230,11 @@ class Store(Protocol):
 
     async def sweep(self, *, now_ms: int, limit: int = 1000) -> int:
         """Physically delete at most ``limit`` expired records; return how many were deleted."""
+        ...
+
+    async def sweep_dedup(self, *, now_ms: int, limit: int = 1000) -> int:
+        """Physically delete at most ``limit`` expired ``dedup_id`` records; return how many.
+        Expired ones are ignored by ``append`` even before they are swept."""
         ...
 
     async def apply_reactions(

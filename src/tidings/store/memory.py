@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from tidings.errors import StoreUnavailable
 from tidings.store.base import (
+    DEDUP_WINDOW_MS,
     MessageRecord,
     ReactionChange,
     ReactionRecord,
@@ -107,6 +108,10 @@ class MemoryStore:
         # (expires_ms, channel, key): sweep_storage's heap; an entry rewritten since is checked
         # against its current expiry
         self._storage_expiry: list[tuple[int, str, str]] = []
+        # dedup_id -> (message ID, expires_ms), and sweep_dedup's heap of (expires_ms, dedup_id);
+        # an entry whose dedup_id was claimed again since is skipped
+        self._dedup: dict[str, tuple[str, int]] = {}
+        self._dedup_expiry: list[tuple[int, str]] = []
         self._closed = False
 
     # Public methods
@@ -120,19 +125,30 @@ class MemoryStore:
         """Nothing to connect to; idempotent. Raises ``StoreUnavailable`` after ``aclose``."""
         self._check_open()
 
-    async def append(self, records: Sequence[MessageRecord]) -> None:
-        """Store ``records``; an ID already stored on its channel is ignored.
+    async def append(self, records: Sequence[MessageRecord]) -> list[str]:
+        """See ``Store.append``.
 
         Raises:
             StoreUnavailable: the store was closed.
         """
         self._check_open()
+        stored: list[str] = []
         for record in records:
+            if record.dedup_id is not None:
+                known = self._dedup.get(record.dedup_id)
+                if known is not None and known[1] > record.created_ms:
+                    stored.append(known[0])
+                    continue
+                expires = record.created_ms + DEDUP_WINDOW_MS
+                self._dedup[record.dedup_id] = (record.id, expires)
+                heapq.heappush(self._dedup_expiry, (expires, record.dedup_id))
+            stored.append(record.id)
             channel = self._channels.get(record.channel)
             if channel is None:
                 channel = self._channels[record.channel] = _Channel()
             if channel.insert(record) and record.expires_ms is not None:
                 heapq.heappush(self._expiry, (record.expires_ms, record.channel, record.id))
+        return stored
 
     async def list_messages(
         self,
@@ -191,6 +207,20 @@ class MemoryStore:
             state.remove(message_id)
             if not state.ids:
                 del self._channels[channel]  # so idle channels do not leak memory
+            deleted += 1
+        return deleted
+
+    async def sweep_dedup(self, *, now_ms: int, limit: int = 1000) -> int:
+        """See ``Store.sweep_dedup``."""
+        self._check_open()
+        deleted = 0
+        expiry = self._dedup_expiry
+        while deleted < limit and expiry and expiry[0][0] <= now_ms:
+            expires, dedup_id = heapq.heappop(expiry)
+            known = self._dedup.get(dedup_id)
+            if known is None or known[1] != expires:
+                continue  # claimed again since
+            del self._dedup[dedup_id]
             deleted += 1
         return deleted
 
@@ -427,6 +457,8 @@ class MemoryStore:
         self._reaction_expiry.clear()
         self._storage.clear()
         self._storage_expiry.clear()
+        self._dedup.clear()
+        self._dedup_expiry.clear()
 
     # Private methods
 

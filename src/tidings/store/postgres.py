@@ -26,6 +26,11 @@ Shape:
   listing order. One ``apply_storage()`` call is one transaction that locks each row it reads
   (``FOR UPDATE``) before deciding (``decide_storage``). Two first writes of one key from two
   nodes are serialized by the channel's publishing turn, not by the row lock.
+* **Deduplication** (version 6): ``<prefix>dedup`` maps each recent ``deduplicationId`` to its
+  message. A flush holding one claims them (``INSERT … ON CONFLICT``, which waits for a
+  concurrent claimer's commit) and inserts the winners' messages in the same transaction.
+* **Outcome unknown.** A connection that dies after a write was sent (and a retry that cannot
+  reach the server) leaves the commit in doubt: ``append`` raises ``StoreOutcomeUnknown``.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from tidings.errors import ConfigError, StoreError, StoreUnavailable
+from tidings.errors import ConfigError, StoreError, StoreOutcomeUnknown, StoreUnavailable
 from tidings.store._pg import begin_migration, check_identifiers, map_error
 from tidings.store.base import (
+    DEDUP_WINDOW_MS,
     MessageRecord,
     ReactionChange,
     ReactionRecord,
@@ -58,7 +64,7 @@ __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -129,6 +135,7 @@ def _migrations(
     schedules: str,
     revocations: str,
     storage: str,
+    dedup: str,
 ) -> dict[int, tuple[str, ...]]:
     """Statements per schema version. Tables are qualified; index names never are (an index
     lives in its table's schema)."""
@@ -227,6 +234,17 @@ def _migrations(
             f'CREATE INDEX IF NOT EXISTS "{prefix}storage_expires_idx" '
             f"ON {storage} (expires_ms) WHERE expires_ms IS NOT NULL",
         ),
+        6: (
+            f"""
+            CREATE TABLE IF NOT EXISTS {dedup} (
+                dedup_id text COLLATE "C" PRIMARY KEY,
+                channel text NOT NULL,
+                message_id text NOT NULL,
+                expires_ms int8 NOT NULL
+            )
+            """,
+            f'CREATE INDEX IF NOT EXISTS "{prefix}dedup_expires_idx" ON {dedup} (expires_ms)',
+        ),
     }
 
 
@@ -244,6 +262,7 @@ class PostgresStore:
         schedules_table: the qualified, quoted name of the schedules table.
         revocations_table: the qualified, quoted name of the revocations table.
         storage_table: the qualified, quoted name of the channel storage table.
+        dedup_table: the qualified, quoted name of the ``deduplicationId`` table.
     """
 
     def __init__(
@@ -297,6 +316,7 @@ class PostgresStore:
         self.schedules_table = f'{qualifier}"{table_prefix}schedules"'
         self.revocations_table = f'{qualifier}"{table_prefix}revocations"'
         self.storage_table = f'{qualifier}"{table_prefix}storage"'
+        self.dedup_table = f'{qualifier}"{table_prefix}dedup"'
         self._version_table = f'{qualifier}"{table_prefix}schema_version"'
         self._pool_kwargs: dict[str, Any] = {
             "min_size": pool_min_size,
@@ -310,7 +330,7 @@ class PostgresStore:
         self._max_writers = max_writers
         self._max_batch_rows = max_batch_rows
         self._pool: Any = None  # asyncpg.Pool once open
-        self._pending: list[tuple[Sequence[MessageRecord], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Sequence[MessageRecord], asyncio.Future[list[str]]]] = []
         self._flushers: set[asyncio.Task[None]] = set()  # running group-commit tasks
         self._open_lock = asyncio.Lock()  # serializes open() and aclose()
         self._state = "new"  # new -> open -> closing -> closed
@@ -319,6 +339,24 @@ class PostgresStore:
         self._insert_sql = (
             f"INSERT INTO {self.messages_table} ({_COLUMNS}) "
             f"SELECT * FROM unnest({types}) ON CONFLICT (channel, id) DO NOTHING"
+        )
+        # A live claim is kept; an expired one (older than the new claim's own creation) is
+        # taken over. RETURNING names the claims this statement won.
+        self._dedup_claim_sql = (
+            f"INSERT INTO {self.dedup_table} AS d (dedup_id, channel, message_id, expires_ms) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) "
+            "ON CONFLICT (dedup_id) DO UPDATE SET channel = EXCLUDED.channel, "
+            "message_id = EXCLUDED.message_id, expires_ms = EXCLUDED.expires_ms "
+            f"WHERE d.expires_ms <= EXCLUDED.expires_ms - {DEDUP_WINDOW_MS} "
+            "RETURNING dedup_id"
+        )
+        self._dedup_find_sql = (
+            f"SELECT dedup_id, message_id FROM {self.dedup_table} WHERE dedup_id = ANY($1::text[])"
+        )
+        self._sweep_dedup_sql = (
+            f"DELETE FROM {self.dedup_table} WHERE dedup_id IN ("
+            f"SELECT dedup_id FROM {self.dedup_table} WHERE expires_ms <= $1 LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED)"
         )
         self._get_sql = (
             f"SELECT {_COLUMNS} FROM {self.messages_table} WHERE channel = $1 AND id = $2 "
@@ -476,26 +514,29 @@ class PostgresStore:
             self._pool = pool
             self._state = "open"
 
-    async def append(self, records: Sequence[MessageRecord]) -> None:
-        """Persist ``records``; returns after the commit that holds them.
+    async def append(self, records: Sequence[MessageRecord]) -> list[str]:
+        """Persist ``records``; returns after the commit that holds them, with the stored IDs
+        (see ``Store.append``).
 
         An ID already stored on its channel is ignored. If the caller is cancelled while
-        waiting, the records may or may not be written; a retry with the same IDs is safe.
+        waiting, the records may or may not be written; a retry with the same records is safe.
 
         Raises:
+            StoreOutcomeUnknown: the connection died after the write was sent, so the commit
+                is in doubt; retry with the same records.
             StoreUnavailable: the store is closed or the server cannot be reached.
             StoreError: any other failure (for example text holding U+0000, which PostgreSQL
                 cannot store).
         """
         self._check_open()
         if not records:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return []
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._pending.append((records, future))
         if len(self._flushers) < self._max_writers:
             task = asyncio.create_task(self._flush_loop(), name="tidings-postgres-flush")
             self._flushers.add(task)
-        await future
+        return await future
 
     async def list_messages(
         self,
@@ -553,6 +594,17 @@ class PostgresStore:
         except Exception as exc:
             raise map_error(exc, "sweep") from exc
         return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
+
+    async def sweep_dedup(self, *, now_ms: int, limit: int = 1000) -> int:
+        """See ``Store.sweep_dedup``; several nodes may sweep at once."""
+        self._check_open()
+        if limit <= 0:
+            return 0
+        try:
+            status: str = await self._call("execute", self._sweep_dedup_sql, now_ms, limit)
+        except Exception as exc:
+            raise map_error(exc, "sweep_dedup") from exc
+        return int(status.rsplit(" ", 1)[-1])
 
     async def apply_reactions(
         self, changes: Sequence[ReactionChange], *, now_ms: int
@@ -963,6 +1015,7 @@ class PostgresStore:
                 self.schedules_table,
                 self.revocations_table,
                 self.storage_table,
+                self.dedup_table,
             )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in migrations[target]:
@@ -1011,31 +1064,106 @@ class PostgresStore:
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue  # the caller was cancelled; its records may be written anyway
-                if outcome is None:
-                    future.set_result(None)
-                else:
+                if isinstance(outcome, StoreError):
                     future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
-    async def _write(self, calls: list[Sequence[MessageRecord]]) -> list[StoreError | None]:
-        """Insert all ``calls`` in one statement; on a data error, retry them one by one so
+    async def _write(self, calls: list[Sequence[MessageRecord]]) -> list[list[str] | StoreError]:
+        """Insert all ``calls`` in one transaction; on a data error, retry them one by one so
         that one bad call does not fail its batch neighbours."""
         try:
-            await self._insert([record for records in calls for record in records])
-            return [None] * len(calls)
+            stored = await self._insert([record for records in calls for record in records])
         except Exception as exc:
             error = map_error(exc, "append")
             if len(calls) == 1 or isinstance(error, StoreUnavailable):
                 return [error] * len(calls)
-        outcomes: list[StoreError | None] = []
+        else:
+            outcomes: list[list[str] | StoreError] = []
+            for records in calls:
+                outcomes.append(stored[: len(records)])
+                stored = stored[len(records) :]
+            return outcomes
+        outcomes = []
         for records in calls:
             try:
-                await self._insert(records)
-                outcomes.append(None)
+                outcomes.append(await self._insert(records))
             except Exception as exc:
                 outcomes.append(map_error(exc, "append"))
         return outcomes
 
-    async def _insert(self, records: Sequence[MessageRecord]) -> None:
+    async def _insert(self, records: Sequence[MessageRecord]) -> list[str]:
+        """One attempt, and one more on a fresh connection when the first connection died;
+        every write here is safe to repeat. A death after the write was sent, not cured by
+        the second attempt, raises ``StoreOutcomeUnknown``."""
+        import asyncpg
+
+        lost = (
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.AdminShutdownError,
+            asyncpg.InternalClientError,
+            OSError,
+            TimeoutError,  # command_timeout: the statement was sent
+        )
+        in_doubt = False
+        for attempt in (1, 2):
+            try:
+                conn = await self._pool.acquire()
+            except Exception as exc:
+                if in_doubt:
+                    raise StoreOutcomeUnknown(
+                        f"PostgreSQL append in doubt: {type(exc).__name__}: {exc}"
+                    ) from exc
+                raise
+            try:
+                return await self._insert_on(conn, records)
+            except lost as exc:
+                if attempt == 2:
+                    raise StoreOutcomeUnknown(
+                        f"PostgreSQL append in doubt: {type(exc).__name__}: {exc}"
+                    ) from exc
+                logger.info("! PostgreSQL connection lost (%s); retrying once", type(exc).__name__)
+                in_doubt = True
+            finally:
+                await self._pool.release(conn)
+        raise AssertionError("unreachable")
+
+    async def _insert_on(self, conn: Any, records: Sequence[MessageRecord]) -> list[str]:
+        stored = [r.id for r in records]
+        claims: dict[str, MessageRecord] = {}  # dedup_id -> the call's first record with it
+        for r in records:
+            if r.dedup_id is not None:
+                claims.setdefault(r.dedup_id, r)
+        if not claims:
+            await conn.execute(self._insert_sql, *self._columns(records))
+            return stored
+        async with conn.transaction():
+            won = {
+                row[0]
+                for row in await conn.fetch(
+                    self._dedup_claim_sql,
+                    list(claims),
+                    [r.channel for r in claims.values()],
+                    [r.id for r in claims.values()],
+                    [r.created_ms + DEDUP_WINDOW_MS for r in claims.values()],
+                )
+            }
+            taken = [d for d in claims if d not in won]
+            known = dict(await conn.fetch(self._dedup_find_sql, taken)) if taken else {}
+            for index, r in enumerate(records):
+                if r.dedup_id is None:
+                    continue
+                if r.dedup_id in won:
+                    # a later record of this call with the same dedup_id is a duplicate
+                    stored[index] = claims[r.dedup_id].id
+                else:
+                    stored[index] = known[r.dedup_id]
+            kept = [r for r, id_ in zip(records, stored, strict=True) if id_ == r.id]
+            if kept:
+                await conn.execute(self._insert_sql, *self._columns(kept))
+        return stored
+
+    def _columns(self, records: Sequence[MessageRecord]) -> tuple[list[Any], ...]:
         columns: tuple[list[Any], ...] = tuple([] for _ in _UNNEST_TYPES)
         (ids, channels, events, datas, uids, umds, created, expires, triggers, conns, ips, uas) = (
             columns
@@ -1053,7 +1181,7 @@ class PostgresStore:
             conns.append(r.connection_id)
             ips.append(r.source_ip)
             uas.append(r.user_agent)
-        await self._call("execute", self._insert_sql, *columns)
+        return columns
 
     def _list_sql(self, has_lower: bool, inclusive: bool, has_before: bool, reverse: bool) -> str:
         where = ["channel = $1"]

@@ -14,7 +14,7 @@ Shape:
   ``listMessages`` in either direction is one B-tree seek plus a scan of adjacent leaf pages. A
   partial index on ``expires_ms`` serves the sweeper. ``reactions`` (version 2) is clustered on
   ``(channel, message_id, uid, reaction)``, which is both the one-per-user rule and the seek of
-  a page's reactions. The version lives in ``PRAGMA user_version``.
+  a page's reactions.
 * **Schedules** (version 3): ``schedules`` keyed by ID, with an index on ``next_ms`` (the due
   time, pushed to the lease's end when claimed) that serves both the scheduler's next-wake
   lookup and its claims. A claim is one ``BEGIN IMMEDIATE`` transaction on the writer thread, so
@@ -22,6 +22,8 @@ Shape:
 * **Revocations** (version 4): ``revocations`` keyed by ``(kind, value)``.
 * **Storage** (version 5): ``storage`` is clustered on ``(channel, key)``: a listing page is one
   seek and a leaf scan in key order.
+* ``dedup`` (version 6) maps each recent ``deduplicationId`` to its message and is written in
+  the transaction that stores the message. The version lives in ``PRAGMA user_version``.
 * **Reactions** are written on the writer thread, one transaction per ``apply_reactions()``
   call (a channel lane passes a whole batch at once), between group commits.
 * **Storage writes** run on the writer thread too, one transaction per ``apply_storage()``
@@ -44,6 +46,7 @@ from typing import Any, TypeVar
 
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 from tidings.store.base import (
+    DEDUP_WINDOW_MS,
     MessageRecord,
     ReactionChange,
     ReactionRecord,
@@ -65,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -166,6 +169,17 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "CREATE INDEX IF NOT EXISTS storage_expires ON storage (expires_ms) "
         "WHERE expires_ms IS NOT NULL",
+    ),
+    6: (
+        """
+        CREATE TABLE IF NOT EXISTS dedup (
+            dedup_id TEXT NOT NULL PRIMARY KEY,
+            channel TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            expires_ms INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS dedup_expires ON dedup (expires_ms)",
     ),
 }
 
@@ -274,6 +288,15 @@ _INSERT = (
 _GET = (
     f"SELECT {_COLUMNS} FROM messages WHERE channel = ? AND id = ? "
     "AND (expires_ms IS NULL OR expires_ms > ?)"
+)
+_DEDUP_FIND = "SELECT message_id FROM dedup WHERE dedup_id = ? AND expires_ms > ?"
+_DEDUP_CLAIM = (
+    "INSERT INTO dedup (dedup_id, channel, message_id, expires_ms) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (dedup_id) DO UPDATE SET channel = excluded.channel, "
+    "message_id = excluded.message_id, expires_ms = excluded.expires_ms"
+)
+_SWEEP_DEDUP = (
+    "DELETE FROM dedup WHERE dedup_id IN (SELECT dedup_id FROM dedup WHERE expires_ms <= ? LIMIT ?)"
 )
 _SWEEP = (
     "DELETE FROM messages WHERE (channel, id) IN ("
@@ -393,7 +416,7 @@ class SqliteStore:
         self._writer: _Worker | None = None  # owns the only write connection
         self._readers: asyncio.Queue[_Worker] | None = None  # idle reader workers
         self._all_readers: list[_Worker] = []
-        self._pending: list[tuple[Sequence[MessageRecord], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Sequence[MessageRecord], asyncio.Future[list[str]]]] = []
         self._wakeup = asyncio.Event()  # set when _pending gains work or closing begins
         self._writer_task: asyncio.Task[None] | None = None
         self._open_lock = asyncio.Lock()  # serializes open() and aclose()
@@ -503,12 +526,12 @@ class SqliteStore:
             )
             self._state = "open"
 
-    async def append(self, records: Sequence[MessageRecord]) -> None:
+    async def append(self, records: Sequence[MessageRecord]) -> list[str]:
         """Persist ``records`` durably, in one transaction shared with other pending calls.
 
-        Returns after the commit that holds them. An ID already stored on its channel is ignored.
-        If the caller is cancelled while waiting, the records may or may not be written; a retry
-        with the same IDs is safe.
+        Returns after the commit that holds them, with the stored IDs (see ``Store.append``).
+        An ID already stored on its channel is ignored. If the caller is cancelled while
+        waiting, the records may or may not be written; a retry with the same records is safe.
 
         Raises:
             StoreUnavailable: the store is closed, or the file is locked, full or unwritable.
@@ -516,11 +539,11 @@ class SqliteStore:
         """
         self._check_open()
         if not records:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return []
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._pending.append((records, future))
         self._wakeup.set()
-        await future
+        return await future
 
     async def list_messages(
         self,
@@ -564,6 +587,10 @@ class SqliteStore:
         Runs on the writer thread between group commits (one short transaction).
         """
         return await self._sweep(_SWEEP, now_ms, limit, "sweep")
+
+    async def sweep_dedup(self, *, now_ms: int, limit: int = 1000) -> int:
+        """See ``Store.sweep_dedup``. Runs on the writer thread between group commits."""
+        return await self._sweep(_SWEEP_DEDUP, now_ms, limit, "sweep_dedup")
 
     async def apply_reactions(
         self, changes: Sequence[ReactionChange], *, now_ms: int
@@ -906,33 +933,37 @@ class SqliteStore:
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue  # the caller was cancelled; its records may be written anyway
-                if outcome is None:
-                    future.set_result(None)
-                else:
+                if isinstance(outcome, StoreError):
                     future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
     def _write_sync(
         self, writer: _Worker, calls: list[Sequence[MessageRecord]]
-    ) -> list[StoreError | None]:
+    ) -> list[list[str] | StoreError]:
         """Writer thread: commit all ``calls`` at once; on failure, retry them one by one so
         that one bad call does not fail its batch neighbours."""
         try:
-            self._insert_sync(writer, [record for records in calls for record in records])
-            return [None] * len(calls)
+            stored = self._insert_sync(writer, [record for records in calls for record in records])
         except Exception as exc:
             error = self._map_error(exc, "append")
             if len(calls) == 1 or isinstance(error, StoreUnavailable):
                 return [error] * len(calls)
-        outcomes: list[StoreError | None] = []
+        else:
+            outcomes: list[list[str] | StoreError] = []
+            for records in calls:
+                outcomes.append(stored[: len(records)])
+                stored = stored[len(records) :]
+            return outcomes
+        outcomes = []
         for records in calls:
             try:
-                self._insert_sync(writer, records)
-                outcomes.append(None)
+                outcomes.append(self._insert_sync(writer, records))
             except Exception as exc:
                 outcomes.append(self._map_error(exc, "append"))
         return outcomes
 
-    def _insert_sync(self, writer: _Worker, records: Sequence[MessageRecord]) -> None:
+    def _insert_sync(self, writer: _Worker, records: Sequence[MessageRecord]) -> list[str]:
         conn = writer.conn
         assert conn is not None
         rows = [
@@ -952,16 +983,29 @@ class SqliteStore:
             )
             for r in records
         ]
+        stored = [r.id for r in records]
         # IMMEDIATE takes the write lock up front, so a busy file fails here, before any work.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, rows)
+            for index, r in enumerate(records):
+                if r.dedup_id is None:
+                    continue
+                known = conn.execute(_DEDUP_FIND, (r.dedup_id, r.created_ms)).fetchone()
+                if known is not None:
+                    stored[index] = known[0]
+                    continue
+                expires = r.created_ms + DEDUP_WINDOW_MS
+                conn.execute(_DEDUP_CLAIM, (r.dedup_id, r.channel, r.id, expires))
+            conn.executemany(
+                _INSERT, [row for row, r, kept in zip(rows, records, stored) if kept == r.id]
+            )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self._commits += 1
+        return stored
 
     def _delete_sync(self, writer: _Worker, sql: str, now_ms: int, limit: int) -> int:
         conn = writer.conn

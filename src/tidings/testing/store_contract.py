@@ -32,6 +32,7 @@ from ulid import ULID
 
 from tidings.errors import StoreError
 from tidings.store.base import (
+    DEDUP_WINDOW_MS,
     MessageRecord,
     ReactionRecord,
     ReactionRemoval,
@@ -80,6 +81,7 @@ def make_record(
     connection_id: str | None = None,
     source_ip: str | None = None,
     user_agent: str | None = None,
+    dedup_id: str | None = None,
 ) -> MessageRecord:
     """A record published at ``ms``, with ID ``ulid_at(ms, sequence)`` unless ``message_id``."""
     return MessageRecord(
@@ -95,6 +97,7 @@ def make_record(
         connection_id=connection_id,
         source_ip=source_ip,
         user_agent=user_agent,
+        dedup_id=dedup_id,
     )
 
 
@@ -507,6 +510,101 @@ class StoreContract:
         async with self.reopened(make_store) as other:
             assert await other.list_messages("room.1", now_ms=T0, limit=1000) == records
 
+    # Deduplication (spec §15): as durable as the messages
+
+    async def test_store_append_returns_the_stored_ids(self, store: Store) -> None:
+        """Each record's own ID comes back, in order, with or without a dedup_id."""
+        records = [make_record(sequence=1), make_record(sequence=2, dedup_id="d1")]
+        assert await store.append(records) == _ids(records)
+        assert await store.append([]) == []
+
+    async def test_store_append_drops_a_repeated_dedup_id(self, store: Store) -> None:
+        """A record whose dedup_id an earlier one holds is answered with the original ID and
+        not stored, even on another channel."""
+        first = make_record(dedup_id="once")
+        again = make_record("room.2", ms=T0 + 1000, dedup_id="once")
+        assert await store.append([first]) == [first.id]
+        assert await store.append([again]) == [first.id]
+        assert await store.list_messages("room.1", now_ms=T0) == [first]
+        assert await store.list_messages("room.2", now_ms=T0) == []
+
+    async def test_store_append_retry_of_the_same_record_is_its_own_id(self, store: Store) -> None:
+        """Appending the very same record again (a retry) answers its own ID, stores one."""
+        record = make_record(dedup_id="retry")
+        assert await store.append([record]) == [record.id]
+        assert await store.append([record]) == [record.id]
+        assert await store.list_messages("room.1", now_ms=T0) == [record]
+
+    async def test_store_append_first_dedup_id_of_a_call_wins(self, store: Store) -> None:
+        """Within one call, the first record with a dedup_id is stored, later ones are not."""
+        a = make_record(sequence=1, dedup_id="x")
+        b = make_record(sequence=2, dedup_id="x")
+        c = make_record(sequence=3, dedup_id="y")
+        assert await store.append([a, b, c]) == [a.id, a.id, c.id]
+        assert await store.list_messages("room.1", now_ms=T0) == [a, c]
+
+    async def test_store_dedup_id_expires_after_the_window(self, store: Store) -> None:
+        """After the 5-minute window the dedup_id is free again, swept or not."""
+        first = make_record(dedup_id="w")
+        inside = make_record(ms=T0 + DEDUP_WINDOW_MS - 1, dedup_id="w")
+        after = make_record(ms=T0 + DEDUP_WINDOW_MS, dedup_id="w")
+        await store.append([first])
+        assert await store.append([inside]) == [first.id]
+        assert await store.append([after]) == [after.id]
+        later = make_record(ms=T0 + DEDUP_WINDOW_MS + 1, dedup_id="w")
+        assert await store.append([later]) == [after.id]  # the new claim holds
+        assert _ids(await store.list_messages("room.1", now_ms=T0)) == [first.id, after.id]
+
+    async def test_store_sweep_dedup_deletes_only_expired(self, store: Store) -> None:
+        """``sweep_dedup`` deletes expired dedup_ids within its limit and nothing live."""
+        await store.append([make_record(sequence=i, dedup_id=f"s{i}") for i in range(3)])
+        await store.append([make_record(ms=T0 + 10, dedup_id="late")])
+        assert await store.sweep_dedup(now_ms=T0 + DEDUP_WINDOW_MS - 1) == 0
+        assert await store.sweep_dedup(now_ms=T0 + DEDUP_WINDOW_MS, limit=2) == 2
+        assert await store.sweep_dedup(now_ms=T0 + DEDUP_WINDOW_MS, limit=0) == 0
+        assert await store.sweep_dedup(now_ms=T0 + DEDUP_WINDOW_MS) == 1
+        late = make_record(ms=T0 + 11, dedup_id="late")
+        assert await store.append([late]) == [ulid_at(T0 + 10)]  # still live, still held
+        assert await store.sweep_dedup(now_ms=T0 + DEDUP_WINDOW_MS + 10) == 1
+
+    async def test_store_concurrent_appends_of_one_dedup_id_store_one(self, store: Store) -> None:
+        """Concurrent appends sharing a dedup_id store exactly one record; all answer its ID."""
+        records = [make_record(sequence=i, dedup_id="race") for i in range(20)]
+        answers = await asyncio.gather(*(store.append([r]) for r in records))
+        [stored] = await store.list_messages("room.1", now_ms=T0)
+        assert answers == [[stored.id]] * 20
+
+    async def test_store_dedup_id_survives_close_and_reopen(self, make_store: StoreFactory) -> None:
+        """A persistent backend still knows the dedup_id after a restart (a publisher's retry
+        after a crash stores nothing)."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        first = make_record(dedup_id="crash")
+        store = make_store()
+        await store.open()
+        try:
+            await store.append([first])
+        finally:
+            await store.aclose()
+        async with self.reopened(make_store) as other:
+            retry = make_record(ms=T0 + 5, dedup_id="crash")
+            assert await other.append([retry]) == [first.id]
+            assert await other.list_messages("room.1", now_ms=T0) == [first]
+
+    async def test_store_two_instances_share_dedup_ids(self, make_store: StoreFactory) -> None:
+        """Two instances over the same data (two nodes) racing on dedup_ids store each once."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        async with self.reopened(make_store) as a, self.reopened(make_store) as b:
+            calls = [
+                (a if i % 2 else b).append([make_record(sequence=i, dedup_id=f"n{i // 2}")])
+                for i in range(40)
+            ]
+            answers = await asyncio.gather(*calls)
+            page = await a.list_messages("room.1", now_ms=T0, limit=100)
+            assert len(page) == 20
+            assert sorted({x for [x] in answers}) == _ids(page)
+
     # Channels and round trips
 
     async def test_store_channels_are_isolated(self, store: Store) -> None:
@@ -645,7 +743,7 @@ class StoreContract:
         finally:
             await store.aclose()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        assert outcomes == [None] * len(records)
+        assert outcomes == [[record.id] for record in records]
         if self.persistent:
             async with self.reopened(make_store) as other:
                 assert await other.list_messages("room.1", now_ms=T0) == records
