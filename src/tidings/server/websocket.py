@@ -6,17 +6,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from tidings._refusals import refusals
 from tidings.core import protocol
+from tidings.core.frames import FrameCheck
 from tidings.errors import CloseCode, ErrorCode, TokenError
 from tidings.hub.hub import Hub
 from tidings.hub.outbound import Frame
 from tidings.server.http import HUB, error_response
 
-__all__ = ["AiohttpOutlet", "client_ip", "websocket_handler"]
+__all__ = ["AiohttpOutlet", "StrictFrames", "client_ip", "websocket_handler"]
 
 log = logging.getLogger("tidings.websocket")
 
@@ -79,6 +81,61 @@ class AiohttpOutlet:
             self._transport.abort()
 
 
+class StrictFrames:
+    """Sits in front of aiohttp's frame reader and fails the connection with 1002 on the RFC
+    6455 breaches aiohttp 3.14 lets through (unmasked client frames, close codes 1006 and
+    5000+; see ``core/frames.py``), the way aiohttp fails it for the breaches it catches.
+
+    Installed by :meth:`install` right after ``prepare()``; it touches aiohttp's internals
+    (the protocol's payload parser, the response's message queue, the bytes that arrived with
+    the handshake), and only here.
+    """
+
+    __slots__ = ("_check", "_failed", "_inner", "_queue")
+
+    def __init__(self, inner: Any, queue: Any) -> None:
+        self._inner = inner  # aiohttp's WebSocketReader
+        self._queue = queue  # aiohttp's WebSocketDataQueue, which ws.receive() reads
+        self._check = FrameCheck()
+        self._failed = False
+
+    @classmethod
+    def handshake_tail(cls, request: web.Request) -> bytes:
+        """Frame bytes that came in the handshake's packet; read before ``prepare()``, which
+        hands them to aiohttp's reader."""
+        return bytes(getattr(request.protocol, "_message_tail", b"") or b"")
+
+    @classmethod
+    def install(cls, request: web.Request, ws: web.WebSocketResponse, tail: bytes) -> None:
+        proto = request.protocol
+        strict = cls(proto._payload_parser, ws._reader)
+        proto._payload_parser = strict
+        if tail:  # already parsed by aiohttp: only check them, so the boundaries stay in step
+            violation = strict._check.receive_data(tail)
+            if violation is not None:
+                strict._fail(violation.reason)
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._failed:
+            return True, b""
+        violation = self._check.receive_data(data)
+        if violation is None:
+            result: tuple[bool, bytes] = self._inner.feed_data(data)
+            return result
+        if violation.offset:
+            # the frames before the offending one are valid and are processed first, in order
+            self._inner.feed_data(data[: violation.offset])
+        self._fail(violation.reason)
+        return True, b""
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+    def _fail(self, reason: str) -> None:
+        self._failed = True
+        self._queue.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, reason))
+
+
 def client_ip(request: web.Request, trusted: tuple[str, ...]) -> str | None:
     """The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
     untrusted address its ``X-Forwarded-For`` names (entries further left could be forged)."""
@@ -110,7 +167,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except TokenError as exc:
         refusals.refused("handshake", ErrorCode.INVALID_CONNECT_TOKEN, None, None, str(exc))
         return error_response(ErrorCode.INVALID_CONNECT_TOKEN, str(exc))
+    tail = StrictFrames.handshake_tail(request)
     await ws.prepare(request)
+    StrictFrames.install(request, ws, tail)
     conn = hub.open_connection(
         claims,
         AiohttpOutlet(ws),
