@@ -616,3 +616,55 @@ async def test_multinode_reactions_and_member_updates_reach_every_node(cluster: 
         assert mine["subscriptionsCount"] == info["subscriptionsCount"] == 3
         assert mine["members"] == info["members"]
         assert {"uid": "jim", "umd": {"away": True}} in mine["members"]
+
+
+async def test_multinode_storage_writes_reach_observers_on_every_node(cluster: Cluster) -> None:
+    """Storage writes made on A (WebSocket), B (HTTP) and C (POST /publish) reach the
+    observers on every node in one order, the last value wins everywhere, an observer on C
+    gets the live entries after subscribing, and any node lists them."""
+    a, b, c = await cluster.start(3)
+    claims = {
+        "channels": {
+            "game.*": {
+                "subscribe": True,
+                "storage": {"*": {"observe": True, "get": True, "set": True}},
+            }
+        }
+    }
+    observers = [
+        await cluster.connect(node, {**claims, "uid": f"o{node.name}"}) for node in (a, b, c)
+    ]
+    for observer in observers:
+        await observer.subscribe("game.lobby")
+    host = await cluster.connect(a, {**claims, "uid": "host"})
+    for n in range(10):
+        await host.send(
+            {"event": "hotsock.channelStorageSet", "channel": "game.lobby", "key": "n", "data": n}
+        )
+    status, _ = await cluster.call(
+        b, host, "channelStorageSet", {"channel": "game.lobby", "key": "round", "data": 1}
+    )
+    assert status == 202
+    status, _ = await cluster.publish(
+        c,
+        {"channel": "game.lobby", "event": "hotsock.channelStorageSet", "key": "mode", "data": "x"},
+    )
+    assert status == 202
+    seen = []
+    for observer in observers:
+        got = [await next_event(observer, "hotsock.channelStorageUpdated") for _ in range(12)]
+        seen.append([(f["key"], f["data"]) for f in got])
+    assert seen[0][:10] == [("n", n) for n in range(10)]
+    assert sorted(seen[0][10:]) == [("mode", "x"), ("round", 1)]
+    assert seen[1] == seen[0] and seen[2] == seen[0]
+    late = await cluster.connect(c, {**claims, "uid": "late"})
+    await late.subscribe("game.lobby")
+    entries = [await late.expect("hotsock.channelStorageUpdated") for _ in range(3)]
+    assert [(f["key"], f["data"]) for f in entries] == [("mode", "x"), ("n", 9), ("round", 1)]
+    for node in (a, b, c):
+        async with cluster.http.get(
+            f"{node.base}/channels/game.lobby/storage",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as resp:
+            assert resp.status == 200
+            assert [i["key"] for i in (await resp.json())["items"]] == ["mode", "n", "round"]

@@ -1253,15 +1253,6 @@ class StoreContract:
         await store.open()
         await store.aclose()
         with pytest.raises(StoreError):
-            await store.add_schedules([make_schedule()])
-        with pytest.raises(StoreError):
-            await store.next_schedule_ms()
-        with pytest.raises(StoreError):
-            await store.claim_schedules(now_ms=T0, limit=1, lease_ms=1)
-        with pytest.raises(StoreError):
-            await store.complete_schedules([ulid_at(T0)])
-        with pytest.raises(StoreError):
-            await store.delete_schedule(ulid_at(T0), now_ms=T0)
             await store.put_revocation(_revocation(RevocationKind.JTI, "j"))
         with pytest.raises(StoreError):
             await store.list_revocations(now_ms=T0)
@@ -1269,16 +1260,6 @@ class StoreContract:
             await store.delete_revocation(RevocationKind.JTI, "j", now_ms=T0)
         with pytest.raises(StoreError):
             await store.sweep_revocations(now_ms=T0)
-
-
-def _revocation(
-    kind: RevocationKind,
-    value: str,
-    *,
-    issued_before_ms: int | None = None,
-    expires_ms: int = T0 + 3_600_000,
-) -> Revocation:
-    return Revocation(kind, value, issued_before_ms, T0 - 1000, expires_ms)
 
     # Channel storage (spec §11)
 
@@ -1499,6 +1480,33 @@ def _revocation(
         with pytest.raises(StoreError):
             await store.sweep_storage(now_ms=T0)
 
+    async def test_store_storage_concurrent_sweeps_return_each_entry_once(
+        self, make_store: StoreFactory
+    ) -> None:
+        """Stores over the same data sweeping at once (several nodes) return every expired
+        entry exactly once, so its expiry is announced once."""
+        if not self.persistent:
+            pytest.skip("backend is not persistent")
+        stores = [make_store() for _ in range(3)]
+        for store in stores:
+            await store.open()
+        try:
+            entries = [make_entry(f"k{n:03d}", expires_ms=T0 + 1) for n in range(150)]
+            await stores[0].apply_storage(entries, now_ms=T0)
+
+            async def sweep_all(store: Store) -> list[str]:
+                keys: list[str] = []
+                while swept := await store.sweep_storage(now_ms=T0 + 1, limit=20):
+                    keys += [e.key for e in swept]
+                return keys
+
+            found = await asyncio.gather(*(sweep_all(store) for store in stores))
+            every = [key for keys in found for key in keys]
+            assert sorted(every) == [e.key for e in entries]
+        finally:
+            for store in stores:
+                await store.aclose()
+
     async def test_store_storage_survives_close_and_reopen(self, make_store: StoreFactory) -> None:
         """A persistent backend keeps entries, with their expiry, across a restart."""
         if not self.persistent:
@@ -1517,3 +1525,13 @@ def _revocation(
             assert await other.sweep_storage(now_ms=T0 + 100) == [short]
         async with self.reopened(make_store) as third:
             assert await third.list_storage("room.1", now_ms=T0 + 100) == [forever]
+
+
+def _revocation(
+    kind: RevocationKind,
+    value: str,
+    *,
+    issued_before_ms: int | None = None,
+    expires_ms: int = T0 + 3_600_000,
+) -> Revocation:
+    return Revocation(kind, value, issued_before_ms, T0 - 1000, expires_ms)
