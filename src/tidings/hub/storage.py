@@ -10,8 +10,9 @@ announces expired entries.
             changed → hotsock.channelStorageUpdated to every observer (Delivery.observe_key),
                       backend event when asked; unchanged → nothing but the new expiry
 
-A new observer's entries are read in the lane too (``send_observed``): every write the read
-missed is published after it, so the observer's last word on each key is the latest value.
+A new observer's ``hotsock.subscribed`` and entries are sent from the lane too (``confirm``):
+every write the read missed is published after it, so the observer's last word on each key is
+the latest value, and the entries directly follow the confirmation.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class StorageIntent:
 
     write: StorageWrite | None = None
     observer: tuple[Connection, Subscription] | None = None
+    confirmation: bytes = b""  # the observer's hotsock.subscribed, sent before its entries
+    confirmed: bool = False  # the confirmation went out
     outcome: StorageOutcome | None = None  # set once the write is applied
 
     def change(self, now: int) -> StorageChange:
@@ -212,11 +215,14 @@ class Storage:
         )
         return b'{"items":[' + b",".join(_item(e) for e in entries) + b"]}"
 
-    async def send_observed(self, conn: Connection, sub: Subscription) -> None:
-        """Send a new subscription its observed live entries, in key order (spec §6.1 step 7),
-        read in the channel's lane. Does nothing when no key of the channel can be observed."""
+    async def confirm(self, conn: Connection, sub: Subscription, confirmation: bytes) -> None:
+        """Send a new subscription its ``hotsock.subscribed`` frame ``confirmation``, followed
+        by the live entries it may observe, in key order (spec §6.1 step 7), both from the
+        channel's lane. Without any ``observe`` on the channel the frame goes out at once."""
         if not sub.permissions.may_observe(sub.channel):
+            conn.send(Frame(confirmation))
             return
+        intent = StorageIntent(observer=(conn, sub), confirmation=confirmation)
         future = self._publisher.enqueue(
             Publication(
                 channel=sub.channel,
@@ -228,13 +234,15 @@ class Storage:
                 store_seconds=0,
                 exclude=None,
                 trigger="",
-                storage=StorageIntent(observer=(conn, sub)),
+                storage=intent,
             )
         )
         try:
             await future
-        except Exception as exc:  # the subscription stands; only its snapshot is lost
+        except Exception as exc:  # the subscription stands; only its entries are lost
             log.warning("! observed entries of %s for %s failed: %s", sub.channel, conn.id, exc)
+            if not intent.confirmed:
+                conn.send(Frame(confirmation))
 
     # Public methods: in the lane (called by hub/publishing.py in the channel's turn)
 
@@ -243,6 +251,8 @@ class Storage:
         assert intent.observer is not None
         conn, sub = intent.observer
         channel = sub.channel
+        conn.send(Frame(intent.confirmation))
+        intent.confirmed = True
         now = now_ms()
         after: str | None = None
         while not conn.closed:

@@ -102,21 +102,18 @@ class Subscriptions:
             await self._undo(conn, sub, given_back)
             raise
         await self._announce_join(conn, sub, update)
-        conn.send(
-            Frame(
-                protocol.subscribed_frame(
-                    channel,
-                    uid=sub.uid,
-                    umd=sub.umd,
-                    alias=sub.alias,
-                    members=update.members if update is not None else None,
-                    auto=auto,
-                )
-            )
+        confirmation = protocol.subscribed_frame(
+            channel,
+            uid=sub.uid,
+            umd=sub.umd,
+            alias=sub.alias,
+            members=update.members if update is not None else None,
+            auto=auto,
         )
+        # hotsock.subscribed, then the observed storage entries (spec §6.1 step 7)
+        await self._storage.confirm(conn, sub, confirmation)
         if self.debug:
             log.debug("= %s subscribed to %s", conn.id, channel)
-        await self._storage.send_observed(conn, sub)
         if conn.closed and self._connections.get(conn.id) is not conn:
             # the connection ended while we awaited: undo what its cleanup could not see
             if conn.subscriptions.get(channel) is sub:
