@@ -28,8 +28,11 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,81 +197,208 @@ def _specs(args: argparse.Namespace) -> list[ServerSpec]:
     return specs
 
 
-def _run_one(
-    spec: ServerSpec, args: argparse.Namespace, rate: float, profile: str | None = None
-) -> dict[str, Any]:
-    rooms = [f"room.{i}" for i in range(args.rooms)]
-    per_room = args.subscribers // args.rooms
-    with ServerProcess(spec, ready_timeout=60) as srv:
-        workers = []
+GEN_SRC = BENCH / "rooms_gen.c"
+
+
+def build_generator() -> Path:
+    """Compile the C load generator (bench/rooms_gen.c) when its binary is missing or stale."""
+    out = BENCH / "results" / "rooms_gen"
+    if not out.exists() or out.stat().st_mtime < GEN_SRC.stat().st_mtime:
+        out.parent.mkdir(exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(GEN_SRC)], check=True)
+    return out
+
+
+class CGenerator:
+    """bench/rooms_gen.c as a subprocess pinned to the load-generator CPUs."""
+
+    def __init__(self, port: int, spec: ServerSpec, shape: Shape, args: argparse.Namespace):
+        exe = build_generator()
+        self.job = Path(tempfile.mkstemp(prefix="rooms-job-", suffix=".txt")[1])
+        lines = [f"R {r}" for r in shape.rooms]
+        subs = _tokens(len(shape.rooms) * shape.per_room, SUB_CLAIMS, "s") if spec.auth else None
+        i = 0
+        for room in shape.rooms:
+            for _ in range(shape.per_room):
+                lines.append(f"S {room} " + (f"/?token={subs[i]}" if subs else "/"))
+                i += 1
+        pubs = _tokens(shape.publishers, PUB_CLAIMS, "p") if spec.auth else None
+        for j in range(shape.publishers):
+            lines.append("P " + (f"/?token={pubs[j]}" if pubs else "/"))
+        self.job.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(
+            [str(exe), str(port), str(self.job)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: (raise_nofile(), pin_self(cpu_plan()[1])),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"{spec.name}: load generator not ready (exit {self.proc.poll()})")
+
+    def run(self, msg_rate: float, seconds: float) -> dict[str, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"run {msg_rate} {seconds}\n")
+        self.proc.stdin.flush()
+        f = self.proc.stdout.readline().split()
+        if len(f) != 8:
+            raise RuntimeError(f"load generator failed (exit {self.proc.poll()})")
+        keys = ("delivered", "errors", "cpu", "sent", "closed", "skipped", "p50_us", "p99_us")
+        return dict(zip(keys, map(float, f), strict=True))
+
+    def stop(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait(5)
+        self.job.unlink(missing_ok=True)
+
+
+class PyGenerator:
+    """The Python generator (leanws in spawn workers): saturates before the servers do."""
+
+    def __init__(self, port: int, spec: ServerSpec, shape: Shape, args: argparse.Namespace):
+        self.workers = []
         for w in range(args.workers):
             parent, child = mp.Pipe()
             job = {
                 "w": w,
-                "rooms": rooms[w :: args.workers],
-                "all_rooms": rooms,
-                "per_room": per_room,
-                "publishers": args.publishers // args.workers,
+                "rooms": shape.rooms[w :: args.workers],
+                "all_rooms": shape.rooms,
+                "per_room": shape.per_room,
+                "publishers": shape.publishers // args.workers,
                 "auth": spec.auth,
             }
-            proc = mp.Process(target=worker_main, args=(child, srv.port, job), daemon=True)
+            proc = mp.Process(target=worker_main, args=(child, port, job), daemon=True)
             proc.start()
-            workers.append((proc, parent))
-        for _, pipe in workers:
+            self.workers.append((proc, parent))
+        for _, pipe in self.workers:
             if not pipe.poll(300):
-                raise RuntimeError(f"{spec.name}: load generator not ready\n{srv.log_tail()}")
+                raise RuntimeError(f"{spec.name}: load generator not ready")
             pipe.recv()
-        msg_rate = rate / max(1, per_room)  # each message reaches per_room subscribers
-        for _, pipe in workers:  # warm-up
-            pipe.send((msg_rate / args.workers, args.warmup))
-        before = [pipe.recv() for _, pipe in workers]
-        cpu0 = proc_cpu_seconds(srv.pid)
-        spy = profiling.start(srv.pid, profile, args.duration) if profile else None
-        t0 = time.monotonic()
-        for _, pipe in workers:
-            pipe.send((msg_rate / args.workers, args.duration))
-        after = [pipe.recv() for _, pipe in workers]
-        # deliveries still in flight when the window closes are counted in the next call; the
-        # CPU window closes here too, so both sides stop at the same moment
-        elapsed = time.monotonic() - t0
-        cpu = proc_cpu_seconds(srv.pid) - cpu0
-        for _, pipe in workers:
+
+    def run(self, msg_rate: float, seconds: float) -> dict[str, float]:
+        for _, pipe in self.workers:
+            pipe.send((msg_rate / len(self.workers), seconds))
+        got = [pipe.recv() for _, pipe in self.workers]
+        return {
+            "delivered": sum(g[0] for g in got),
+            "errors": sum(g[1] for g in got),
+            "cpu": sum(g[2] for g in got),
+            "closed": 0,
+            "skipped": 0,
+            "p50_us": float("nan"),
+            "p99_us": float("nan"),
+        }
+
+    def stop(self) -> None:
+        for _, pipe in self.workers:
             pipe.send("stop")
+        for proc, _ in self.workers:
+            proc.join(10)
+
+
+@dataclass(frozen=True)
+class Shape:
+    rooms: list[str]
+    per_room: int
+    publishers: int
+
+    @property
+    def label(self) -> str:
+        return f"{len(self.rooms):,} × {self.per_room:,}"
+
+
+def _shape(rooms: int, subscribers: int, publishers: int) -> Shape:
+    return Shape([f"room.{i}" for i in range(rooms)], max(1, subscribers // rooms), publishers)
+
+
+def _run_one(
+    spec: ServerSpec,
+    args: argparse.Namespace,
+    shape: Shape,
+    rate: float,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    gen_cls = CGenerator if args.loadgen == "c" else PyGenerator
+    with ServerProcess(spec, ready_timeout=60) as srv:
+        gen = gen_cls(srv.port, spec, shape, args)
+        try:
+            # a message reaches the room's other subscribers: the publishers hold no subscription
+            msg_rate = rate / shape.per_room
+            gen.run(msg_rate, args.warmup)
+            before = gen.run(0, 0.05)
+            cpu0 = proc_cpu_seconds(srv.pid)
+            spy = profiling.start(srv.pid, profile, args.duration) if profile else None
+            t0 = time.monotonic()
+            after = gen.run(msg_rate, args.duration)
+            # deliveries still in flight when the window closes are not counted; the CPU window
+            # closes here too, so both sides stop at the same moment
+            elapsed = time.monotonic() - t0
+            cpu = proc_cpu_seconds(srv.pid) - cpu0
+        finally:
+            gen.stop()
         if spy is not None:
             path = profiling.finish(spy)
             if path:
                 print(profiling.summarize(path, top=25), file=sys.stderr)
-        for proc, _ in workers:
-            proc.join(10)
-        delivered = sum(a[0] for a in after) - sum(b[0] for b in before)
-        errors = sum(a[1] for a in after)
-        gen_cpu = sum(a[2] for a in after) - sum(b[2] for b in before)
         alive = srv.alive()
+    delivered = after["delivered"] - before["delivered"]
     return {
         "server": spec.name,
+        "shape": shape.label,
         "offered": rate,
         "deliveries_s": delivered / elapsed,
         "us_per_delivery": cpu / delivered * 1e6 if delivered else float("nan"),
         "server_cpu_pct": cpu / elapsed * 100,
-        "loadgen_cpu_pct": gen_cpu / elapsed * 100,
-        "errors": errors,
+        "loadgen_cpu_pct": (after["cpu"] - before["cpu"]) / elapsed * 100,
+        "p50_ms": after["p50_us"] / 1000,
+        "p99_ms": after["p99_us"] / 1000,
+        "errors": after["errors"],
+        "closed": after["closed"],
         "alive": alive,
     }
+
+
+def _cases(args: argparse.Namespace) -> list[tuple[str, Shape, float]]:
+    if not args.sweep:
+        shape = _shape(args.rooms, args.subscribers, args.publishers)
+        return [("rooms", shape, args.rate), ("rooms", shape, args.max_rate)]
+    pubs = args.sweep_publishers
+    cases = [("channels", _shape(n, 10_000, pubs), args.sweep_rate) for n in (1, 10, 100, 1000)]
+    cases += [("subscribers", _shape(1, n, pubs), args.sweep_rate) for n in (100, 1000, 10_000)]
+    return cases
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--servers", default="tidings,node")
     ap.add_argument("--tidings-src", help="another checkout's src/, run as tidings-base")
+    ap.add_argument("--loadgen", choices=("c", "python"), default="c")
     ap.add_argument("--rooms", type=int, default=1000)
     ap.add_argument("--subscribers", type=int, default=10_000)
     ap.add_argument("--publishers", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=20_000, help="fixed-rate deliveries/s")
-    ap.add_argument("--max-rate", type=float, default=150_000, help="saturated offer, deliveries/s")
+    ap.add_argument("--max-rate", type=float, default=300_000, help="saturated offer, deliveries/s")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="channel sweep (1, 10, 100, 1,000 channels, 10,000 subscribers) and subscriber\n"
+        "sweep (100, 1,000, 10,000 on one channel), saturated, instead of the rooms shape",
+    )
+    ap.add_argument("--sweep-rate", type=float, default=1_500_000, help="offer of the sweeps")
+    ap.add_argument("--sweep-publishers", type=int, default=100)
     ap.add_argument("--duration", type=float, default=6.0)
     ap.add_argument("--warmup", type=float, default=1.5)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="Python load-generator processes")
     ap.add_argument("--profile", action="store_true", help="py-spy the first tidings runs")
     args = ap.parse_args()
     raise_nofile()
@@ -276,41 +406,62 @@ def main() -> None:
     specs = _specs(args)
     results: list[dict[str, Any]] = []
     for rep in range(args.repeat):
-        for rate in (args.rate, args.max_rate):
+        for kind, shape, rate in _cases(args):
             for spec in specs if rep % 2 == 0 else reversed(specs):  # interleaved
-                label = f"rooms-{spec.name}-{int(rate)}"
+                label = f"rooms-{spec.name}-{len(shape.rooms)}x{shape.per_room}-{int(rate)}"
                 spy = args.profile and rep == 0 and spec.name == "tidings"
-                r = _run_one(spec, args, rate, label if spy else None)
+                r = _run_one(spec, args, shape, rate, label if spy else None)
+                r["kind"] = kind
                 results.append(r)
                 print(
-                    f"[{rep}] {r['server']:>13} offered {rate:>9,.0f}/s → "
+                    f"[{rep}] {r['server']:>13} {shape.label:>10} offered {rate:>9,.0f}/s → "
                     f"{r['deliveries_s']:>9,.0f}/s, {r['us_per_delivery']:.2f} µs/delivery, "
-                    f"server {r['server_cpu_pct']:.0f} %, loadgen {r['loadgen_cpu_pct']:.0f} %",
+                    f"server {r['server_cpu_pct']:.0f} %, loadgen {r['loadgen_cpu_pct']:.0f} %, "
+                    f"p50 {r['p50_ms']:.1f} ms, closed {r['closed']:.0f}",
                     file=sys.stderr,
                 )
     print(_report(args, results))
 
 
+def _spread(values: list[float], fmt: str) -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, fmt)
+    return f"{format(med, fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
 def _report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
-    per_room = args.subscribers // args.rooms
     lines = [
         f"Command: `python bench/rooms.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        f"{args.subscribers:,} subscribers in {args.rooms:,} rooms of {per_room}, "
-        f"{args.publishers:,} publishers, medians of {args.repeat} interleaved runs.",
+        f"Load generator: {args.loadgen}; medians (min–max) of {args.repeat} interleaved runs; "
+        "ratios are to the first server's median in the same run.",
         "",
-        "| server | offered deliveries/s | deliveries/s | server CPU µs/delivery "
-        "| server CPU % | loadgen CPU % | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| shape (channels × subscribers) | server | offered deliveries/s | deliveries/s "
+        "| server CPU µs/delivery | ratio deliveries/s | ratio µs/delivery | server CPU % "
+        "| loadgen CPU % | p50 / p99 ms | errors | closed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for rate in (args.rate, args.max_rate):
-        for name in dict.fromkeys(r["server"] for r in results):
-            rs = [r for r in results if r["server"] == name and r["offered"] == rate]
-            med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("server",)}
+    cases = dict.fromkeys((r["shape"], r["offered"]) for r in results)
+    for shape, rate in cases:
+        rows = [r for r in results if r["shape"] == shape and r["offered"] == rate]
+        names = list(dict.fromkeys(r["server"] for r in rows))
+        ref: dict[str, float] = {}
+        for name in names:
+            rs = [r for r in rows if r["server"] == name]
+            d = [r["deliveries_s"] for r in rs]
+            u = [r["us_per_delivery"] for r in rs]
+            if not ref:
+                ref = {"d": statistics.median(d), "u": statistics.median(u)}
+            p50 = statistics.median(r["p50_ms"] for r in rs)
+            p99 = statistics.median(r["p99_ms"] for r in rs)
             lines.append(
-                f"| {name} | {rate:,.0f} | {med['deliveries_s']:,.0f} "
-                f"| {med['us_per_delivery']:.2f} | {med['server_cpu_pct']:.0f} "
-                f"| {med['loadgen_cpu_pct']:.0f} | {int(sum(r['errors'] for r in rs))} |"
+                f"| {shape} | {name} | {rate:,.0f} | {_spread(d, ',.0f')} | {_spread(u, '.2f')} "
+                f"| {statistics.median(d) / ref['d']:.2f} | {statistics.median(u) / ref['u']:.2f} "
+                f"| {statistics.median(r['server_cpu_pct'] for r in rs):.0f} "
+                f"| {statistics.median(r['loadgen_cpu_pct'] for r in rs):.0f} "
+                f"| {p50:.1f} / {p99:.1f} | {int(sum(r['errors'] for r in rs))} "
+                f"| {int(sum(r['closed'] for r in rs))} |"
             )
     return "\n".join(lines)
 
