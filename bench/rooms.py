@@ -217,12 +217,9 @@ class CGenerator:
         exe = build_generator()
         self.job = Path(tempfile.mkstemp(prefix="rooms-job-", suffix=".txt")[1])
         lines = [f"R {r}" for r in shape.rooms]
-        subs = _tokens(len(shape.rooms) * shape.per_room, SUB_CLAIMS, "s") if spec.auth else None
-        i = 0
-        for room in shape.rooms:
-            for _ in range(shape.per_room):
-                lines.append(f"S {room} " + (f"/?token={subs[i]}" if subs else "/"))
-                i += 1
+        subs = _tokens(len(shape.members), SUB_CLAIMS, "s") if spec.auth else None
+        for i, member in enumerate(shape.members):
+            lines.append(f"S {','.join(member)} " + (f"/?token={subs[i]}" if subs else "/"))
         pubs = _tokens(shape.publishers, PUB_CLAIMS, "p") if spec.auth else None
         for j in range(shape.publishers):
             lines.append("P " + (f"/?token={pubs[j]}" if pubs else "/"))
@@ -308,16 +305,29 @@ class PyGenerator:
 @dataclass(frozen=True)
 class Shape:
     rooms: list[str]
-    per_room: int
+    per_room: int  # subscribers of each room (= deliveries per message)
     publishers: int
+    per_sub: int = 1  # rooms each subscriber connection is in
+
+    @property
+    def members(self) -> list[list[str]]:
+        """The rooms of each subscriber connection: consecutive blocks of ``per_sub``."""
+        count = len(self.rooms) * self.per_room // self.per_sub
+        r = len(self.rooms)
+        return [
+            [self.rooms[(i * self.per_sub + j) % r] for j in range(self.per_sub)]
+            for i in range(count)
+        ]
 
     @property
     def label(self) -> str:
-        return f"{len(self.rooms):,} × {self.per_room:,}"
+        each = f", {self.per_sub} rooms each" if self.per_sub > 1 else ""
+        return f"{len(self.rooms):,} × {self.per_room:,}{each}"
 
 
-def _shape(rooms: int, subscribers: int, publishers: int) -> Shape:
-    return Shape([f"room.{i}" for i in range(rooms)], max(1, subscribers // rooms), publishers)
+def _shape(rooms: int, subscribers: int, publishers: int, per_sub: int = 1) -> Shape:
+    per_room = max(1, subscribers * per_sub // rooms)
+    return Shape([f"room.{i}" for i in range(rooms)], per_room, publishers, per_sub)
 
 
 def _run_one(
@@ -369,7 +379,7 @@ def _run_one(
 
 def _cases(args: argparse.Namespace) -> list[tuple[str, Shape, float]]:
     if not args.sweep:
-        shape = _shape(args.rooms, args.subscribers, args.publishers)
+        shape = _shape(args.rooms, args.subscribers, args.publishers, args.rooms_per_sub)
         return [("rooms", shape, args.rate), ("rooms", shape, args.max_rate)]
     pubs = args.sweep_publishers
     cases = [("channels", _shape(n, 10_000, pubs), args.sweep_rate) for n in (1, 10, 100, 1000)]
@@ -385,6 +395,9 @@ def main() -> None:
     ap.add_argument("--rooms", type=int, default=1000)
     ap.add_argument("--subscribers", type=int, default=10_000)
     ap.add_argument("--publishers", type=int, default=1000)
+    ap.add_argument(
+        "--rooms-per-sub", type=int, default=1, help="rooms each subscriber connection is in"
+    )
     ap.add_argument("--rate", type=float, default=20_000, help="fixed-rate deliveries/s")
     ap.add_argument("--max-rate", type=float, default=300_000, help="saturated offer, deliveries/s")
     ap.add_argument(

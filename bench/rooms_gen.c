@@ -6,8 +6,8 @@
  *
  *   rooms_gen PORT JOBFILE        (built by rooms.py: cc -O2 -o rooms_gen rooms_gen.c)
  *
- * JOBFILE lines: "R <channel>" a channel messages go to, "S <channel> <path>" a subscriber
- * connection, "P <path>" a publisher connection. Every connection upgrades with GET <path>,
+ * JOBFILE lines: "R <channel>" a channel messages go to, "S <channel>[,<channel>…] <path>" a
+ * subscriber connection (subscribed to each), "P <path>" a publisher connection. Every connection upgrades with GET <path>,
  * waits for its first text frame (hotsock.connected); a subscriber then subscribes and waits
  * for hotsock.subscribed. "ready" is printed once all are. Then stdin commands:
  *
@@ -40,6 +40,7 @@ enum { CONNECTING, HTTP, HELLO, SUBSCRIBING, READY, DEAD };
 
 typedef struct {
   int fd, is_pub, state, sampled;
+  int subs_wanted, subs_confirmed; /* a subscriber may join several comma-separated rooms */
   char *path, *room;
   char *carry; /* bytes of an incomplete frame (or HTTP head) from the previous read */
   size_t carry_len, carry_cap;
@@ -223,14 +224,20 @@ static void on_text(Conn *c, const char *p, size_t n, long long *now) {
       nready++;
       return;
     }
-    char msg[512];
-    int m = snprintf(msg, sizeof msg, "{\"event\":\"hotsock.subscribe\",\"channel\":\"%s\"}", c->room);
     c->state = SUBSCRIBING;
-    send_text(c, msg, m);
+    for (const char *r = c->room; *r;) {
+      size_t len = strcspn(r, ",");
+      char msg[512];
+      int m = snprintf(msg, sizeof msg, "{\"event\":\"hotsock.subscribe\",\"channel\":\"%.*s\"}", (int)len, r);
+      send_text(c, msg, m);
+      c->subs_wanted++;
+      r += len + (r[len] == ',');
+    }
     return;
   }
   if (c->state == SUBSCRIBING) {
     if (memmem(p, n, "hotsock.subscribed", 18)) {
+      if (++c->subs_confirmed < c->subs_wanted) return;
       c->state = READY;
       nready++;
     } else {

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import secrets
+
+import pytest
+from ulid import ULID
 
 from tidings.core.ids import (
     ChannelIdMinter,
@@ -78,3 +82,18 @@ def test_connection_id_and_secret_shapes() -> None:
     secret = new_connection_secret()
     assert re.fullmatch(r"[A-Za-z0-9]{20}", secret)
     assert new_connection_secret() != secret
+
+
+def test_encoding_matches_the_ulid_library() -> None:
+    """The hand-rolled encoder agrees with python-ulid's on edges and random IDs."""
+    for ms in (0, 1, (1 << 48) - 1):
+        assert ulid_floor(ms) == str(ULID.from_int(ms << 80))
+    for _ in range(2000):
+        ulid = new_ulid(secrets.randbits(48))
+        assert ulid == str(ULID.from_int(ulid_to_int(ulid)))
+        assert is_ulid(ulid)
+
+
+def test_a_timestamp_past_48_bits_is_refused() -> None:
+    with pytest.raises(ValueError, match="128 bits"):
+        new_ulid(1 << 48)

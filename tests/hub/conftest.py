@@ -3,6 +3,7 @@ Outlet instead of a socket."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from tests.conftest import make_settings, make_token
 from tidings.broker.memory import MemoryBroker
 from tidings.hub.connection import Connection
 from tidings.hub.hub import Hub
-from tidings.hub.outbound import Frame
+from tidings.hub.outbound import Frame, joined_wire
 from tidings.store.memory import MemoryStore
 
 
@@ -22,25 +23,30 @@ class RecordingOutlet:
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
+        self.writes: list[bytes] = []  # the wire bytes of each write call
         self.closed: tuple[int, str] | None = None
         self.paused = False
 
     def write(self, frames: Sequence[Frame]) -> None:
         self.frames.extend(orjson.loads(f.payload) for f in frames)
+        self.writes.append(joined_wire(frames))
 
     def writable(self) -> bool:
         return not self.paused
 
     async def wait_writable(self) -> None:
-        return None
+        while self.paused and self.closed is None:  # a stuck reader stays stuck
+            await asyncio.sleep(0.005)
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
     def take(self, event: str | None = None) -> list[dict[str, Any]]:
-        """Frames written so far (of ``event`` only, when given); forgets all of them."""
+        """Frames written so far (of ``event`` only, when given); forgets all of them and the
+        writes."""
         taken = [f for f in self.frames if event is None or f["event"] == event]
         self.frames.clear()
+        self.writes.clear()
         return taken
 
 

@@ -89,6 +89,14 @@ class Broker(Protocol):
         order. Two calls for the same channel from one node are delivered in call order."""
         ...
 
+    def publish_now(self, channel: str, build: Callable[[Minter], Sequence[Delivery]]) -> bool:
+        """Take ``channel``'s publishing turn, mint with ``build`` and deliver what it returns,
+        all without waiting, when this broker can (one node: nobody else mints the channel's
+        IDs); return True then. Return False, without calling ``build``, when the turn needs
+        ``ordering``. The answer is the same for every call, so a False may be remembered.
+        Callers use it only while nothing of theirs is in ``ordering`` for ``channel``."""
+        ...
+
     async def claim_once(self, key: str, value: str, ttl_ms: int) -> str | None:
         """Record ``key`` → ``value`` for ``ttl_ms`` unless ``key`` is already held.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -53,6 +53,12 @@ class MemoryBroker:
     async def publish(self, channel: str, deliveries: Sequence[Delivery]) -> None:
         if self._deliver is not None:
             self._deliver(channel, deliveries)
+
+    def publish_now(self, channel: str, build: Callable[[Minter], Sequence[Delivery]]) -> bool:
+        deliveries = build(lambda now_ms: self._minter.mint(channel, now_ms))
+        if self._deliver is not None and deliveries:
+            self._deliver(channel, deliveries)
+        return True
 
     async def claim_once(self, key: str, value: str, ttl_ms: int) -> str | None:
         now = time.monotonic()

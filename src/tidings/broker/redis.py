@@ -75,7 +75,7 @@ import random
 import secrets
 import struct
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
@@ -460,6 +460,9 @@ class RedisBroker:
             queue.users -= 1
             if not queue.users:
                 del self._queues[channel]
+
+    def publish_now(self, channel: str, build: Callable[[Minter], Sequence[Delivery]]) -> bool:
+        return False  # the turn is a lock in Redis: always a round trip
 
     async def publish(self, channel: str, deliveries: Sequence[Delivery]) -> None:
         """``PUBLISH`` ``deliveries`` (fenced by the turn when this node holds it).

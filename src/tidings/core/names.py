@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, NewType
 
 from tidings.core.json import dumps
@@ -35,8 +36,6 @@ UMD_MAX_BYTES = 1024
 STORE_MAX_SECONDS = 3_155_695_200
 PRESENCE_PREFIX = "presence."
 
-_FORBIDDEN_IN_CHANNEL = frozenset("*#,")
-
 
 def _is_control(ch: str) -> bool:
     # tidings choice: control characters (U+0000-U+001F, U+007F-U+009F) are refused in names;
@@ -44,11 +43,16 @@ def _is_control(ch: str) -> bool:
     return ch < " " or "\x7f" <= ch <= "\x9f"
 
 
+# one C-level scan instead of a Python loop per character (every message checks its channel);
+# for str patterns \s is exactly str.isspace(), and the ranges are _is_control's
+_CHANNEL_REFUSED = re.compile(r"[*#,\s\x00-\x1f\x7f-\x9f]")
+
+
 def is_valid_channel(name: object) -> bool:
     """True when ``name`` is a string usable as a channel name."""
     if not isinstance(name, str) or not 1 <= len(name) <= CHANNEL_MAX_CHARS:
         return False
-    return not any(ch in _FORBIDDEN_IN_CHANNEL or ch.isspace() or _is_control(ch) for ch in name)
+    return _CHANNEL_REFUSED.search(name) is None
 
 
 def sent_name(name: object) -> str:

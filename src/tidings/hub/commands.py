@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,7 +12,7 @@ from tidings.core import protocol
 from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.connection import Connection
 from tidings.hub.outbound import Frame
-from tidings.hub.publishing import Publisher, PublishResult, report_failure
+from tidings.hub.publishing import Publisher, failure_reporter
 from tidings.hub.reactions import Reactions
 from tidings.hub.storage import Storage
 from tidings.hub.subscriptions import Subscriptions
@@ -90,7 +89,7 @@ class Commands:
     # Handlers
 
     async def _message(self, conn: Connection, command: protocol.ClientMessage) -> None:
-        self._publisher.publish_client(conn, command.channel, command.event, command.data)
+        self._publisher.send_client(conn, command.channel, command.event, command.data)
 
     async def _subscribe(self, conn: Connection, command: protocol.Subscribe) -> None:
         await self._subscriptions.subscribe(conn, command.channel, command.token)
@@ -110,10 +109,7 @@ class Commands:
         )
         sent = command.channel or ""
 
-        def report(done: asyncio.Future[PublishResult]) -> None:
-            report_failure(conn, sent, done, what="reaction")
-
-        future.add_done_callback(report)
+        future.add_done_callback(failure_reporter(conn, sent, "reaction"))
 
     async def _umd_update(self, conn: Connection, command: protocol.UmdUpdate) -> None:
         await self._umd.update(conn, command.channel, command.token)
@@ -131,10 +127,7 @@ class Commands:
         future = self._storage.write(write)
         sent = command.channel or ""
 
-        def report(done: asyncio.Future[PublishResult]) -> None:
-            report_failure(conn, sent, done, what="storage write")
-
-        future.add_done_callback(report)
+        future.add_done_callback(failure_reporter(conn, sent, "storage write"))
 
     async def _storage_get(self, conn: Connection, command: protocol.ChannelStorageGet) -> None:
         conn.send(Frame(await self._storage.get_client(conn, command.channel, command.key)))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from tidings.broker.base import Delivery
 from tidings.hub.connection import Connection
-from tidings.hub.outbound import Frame
+from tidings.hub.outbound import Batch, Frame
 
 __all__ = ["Fanout"]
 
@@ -18,6 +18,7 @@ class Fanout:
 
     def __init__(self) -> None:
         self._channels: dict[str, dict[str, Connection]] = {}  # channel -> conn ID -> conn
+        self._corked: dict[Connection, list[Frame]] | None = None
         self.frames_delivered = 0
 
     def add(self, channel: str, conn: Connection) -> None:
@@ -37,28 +38,51 @@ class Fanout:
     def has_subscribers(self, channel: str) -> bool:
         return channel in self._channels
 
+    def cork(self) -> None:
+        """Until ``uncork``, hold the frames of connections subscribed to several channels, so
+        that what several channels send one of them in this turn leaves in one write. A
+        connection in one channel gets at most one batch per turn (its lane's), so it is
+        written at once and pays nothing."""
+        if self._corked is None:
+            self._corked = {}
+
+    def uncork(self) -> None:
+        """Write what ``cork`` held, each connection's frames in the order they came."""
+        corked, self._corked = self._corked, None
+        if corked:
+            for conn, frames in corked.items():
+                conn.send_many(frames)
+
     def deliver(self, channel: str, deliveries: Sequence[Delivery]) -> None:
         """Called by the broker in channel order. Never blocks."""
         local = self._channels.get(channel)
         if not local:
             return
-        frames = [Frame(d.payload, d.exclude) for d in deliveries]
-        excluded = {f.exclude for f in frames if f.exclude is not None}
+        frames = Batch([Frame(d.payload, d.exclude) for d in deliveries])
+        # only an excluded sender that subscribes here needs a list of its own; a publisher that
+        # is not subscribed (the usual chat client posting to a room) changes nothing
+        skip = {f.exclude for f in frames if f.exclude is not None and f.exclude in local}
         now = time.monotonic()  # outbound frames count as activity for the idle timeout
         if any(d.observe_key is not None for d in deliveries):
             self._deliver_observed(channel, local, deliveries, frames, now)
             return
-        if not excluded:
+        corked = self._corked
+        if not skip and corked is None:
             for conn in local.values():
                 conn.last_activity = now
                 conn.send_many(frames)
         else:
             for conn in list(local.values()):
                 conn.last_activity = now
-                if conn.id in excluded:
-                    conn.send_many([f for f in frames if f.exclude != conn.id])
+                mine = [f for f in frames if f.exclude != conn.id] if conn.id in skip else frames
+                if corked is None or len(conn.subscriptions) < 2:
+                    conn.send_many(mine)
+                elif (held := corked.get(conn)) is None:
+                    corked[conn] = mine  # the shared batch, copied only if more comes
+                elif isinstance(held, Batch):
+                    corked[conn] = [*held, *mine]
                 else:
-                    conn.send_many(frames)
+                    held.extend(mine)
         self.frames_delivered += len(frames) * len(local)
 
     def _deliver_observed(

@@ -76,7 +76,9 @@ class Hub:
         self._emitter = Emitter(events)
         self._auth = Auth(settings=settings, broker=broker)
         self._fanout = Fanout()
-        self._publisher = Publisher(store=store, broker=broker, emitter=self._emitter)
+        self._publisher = Publisher(
+            store=store, broker=broker, emitter=self._emitter, fanout=self._fanout
+        )
         self._history = History(
             store=store, sweep_interval=settings.timeouts.sweep_interval_seconds
         )

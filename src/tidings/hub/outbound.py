@@ -12,7 +12,7 @@ import struct
 from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["Frame", "Outlet", "ws_text_frame"]
+__all__ = ["Batch", "Frame", "Outlet", "joined_wire", "ws_text_frame"]
 
 
 def ws_text_frame(payload: bytes) -> bytes:
@@ -43,6 +43,32 @@ class Frame:
 
     def __len__(self) -> int:
         return len(self.payload)
+
+
+class Batch(list[Frame]):
+    """Frames that go to many connections together: their wire bytes are joined once, not once
+    per connection."""
+
+    __slots__ = ("_wire",)
+
+    _wire: bytes
+
+    @property
+    def wire(self) -> bytes:
+        try:
+            return self._wire
+        except AttributeError:
+            self._wire = b"".join([f.wire for f in self])
+            return self._wire
+
+
+def joined_wire(frames: Sequence[Frame]) -> bytes:
+    """The wire bytes of ``frames`` in order, as one write."""
+    if len(frames) == 1:
+        return frames[0].wire
+    if isinstance(frames, Batch):
+        return frames.wire
+    return b"".join([f.wire for f in frames])
 
 
 class Outlet(Protocol):

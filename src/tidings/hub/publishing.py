@@ -4,10 +4,17 @@ to the broker.
 
 ::
 
-    publish_client / publish_server / reactions / storage ──▶ channel lane (FIFO, one task)
-        async with broker.ordering(channel) as mint:     the channel's publishing turn
-            mint IDs → dedup claims → store.apply_reactions → observers' storage reads
-            → store.apply_storage → store.append (group commit) → broker.publish
+    send_client / publish_client / publish_server / reactions / storage ──▶ channel lane
+        live-only messages, broker able to publish without waiting (one node):
+            at the end of the loop turn, every ready lane in one callback:
+            broker.publish_now(channel, mint IDs → frames)
+        otherwise one task drains the lane:
+            async with broker.ordering(channel) as mint:     the channel's publishing turn
+                mint IDs → dedup claims → store.apply_reactions → observers' storage reads
+                → store.apply_storage → store.append (group commit) → broker.publish
+
+Either way a lane's messages of one loop turn leave as one batch (one write per subscriber), and
+a lane is never in both paths at once, so per-channel order holds.
 
 A stored message's ``deduplicationId`` is recorded by ``store.append`` in the transaction that
 stores the message, so it is exactly as durable: a retry after a crash, a restart or a lost
@@ -21,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tidings.broker.base import Broker, Delivery, Minter
@@ -34,6 +43,7 @@ from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, StoreError, wi
 from tidings.hub._common import now_ms, resolve_sent
 from tidings.hub.connection import Connection
 from tidings.hub.emitter import Emitter
+from tidings.hub.fanout import Fanout
 from tidings.hub.outbound import Frame
 from tidings.store.base import DEDUP_WINDOW_MS, MessageRecord, Store
 
@@ -41,7 +51,14 @@ if TYPE_CHECKING:
     from tidings.hub.reactions import ReactionIntent
     from tidings.hub.storage import Storage, StorageIntent
 
-__all__ = ["DEDUP_WINDOW_MS", "Publication", "PublishResult", "Publisher", "report_failure"]
+__all__ = [
+    "DEDUP_WINDOW_MS",
+    "Publication",
+    "PublishResult",
+    "Publisher",
+    "failure_reporter",
+    "report_failure",
+]
 
 log = logging.getLogger("tidings.hub")
 
@@ -69,11 +86,23 @@ class Publication:
     created_ms: int = 0
     reaction: ReactionIntent | None = None  # set on reaction events (spec §12)
     storage: StorageIntent | None = None  # set on storage writes and reads (spec §11)
+    # called instead of failing a future when nobody awaits the outcome (WebSocket messages)
+    on_failure: Callable[[BaseException], None] | None = None
 
     @property
     def claims_in_broker(self) -> bool:
         """Whether its ``deduplicationId`` is a broker claim: the store records a stored one."""
         return self.dedup_id is not None and self.store_seconds == 0
+
+    @property
+    def live_only(self) -> bool:
+        """Nothing to store, claim or apply: only an ID and a delivery."""
+        return (
+            self.store_seconds == 0
+            and self.dedup_id is None
+            and self.reaction is None
+            and self.storage is None
+        )
 
     @property
     def durable(self) -> bool:
@@ -107,27 +136,36 @@ class PublishResult:
     duplicate: bool = False
 
 
-Pending = tuple[Publication, "asyncio.Future[PublishResult]"]
+# the future is None when nobody awaits the outcome (``Publication.on_failure`` reports it)
+Pending = tuple[Publication, "asyncio.Future[PublishResult] | None"]
 
 
 class _Lane:
-    """One channel's FIFO of publications, drained by one task at a time."""
+    """One channel's FIFO of publications: waiting for the end-of-turn flush (``ready``) or
+    drained by one task, never both."""
 
-    __slots__ = ("pending", "task")
+    __slots__ = ("pending", "ready", "task")
 
     def __init__(self) -> None:
         self.pending: deque[Pending] = deque()
+        self.ready = False
         self.task: asyncio.Task[None] | None = None
 
 
 class Publisher:
     """Validates, authorises and orders this node's publications."""
 
-    def __init__(self, *, store: Store, broker: Broker, emitter: Emitter) -> None:
+    def __init__(
+        self, *, store: Store, broker: Broker, emitter: Emitter, fanout: Fanout | None = None
+    ) -> None:
         self._store = store
         self._broker = broker
         self._emitter = emitter
+        self._fanout = fanout  # corked during the end-of-turn flush
         self._lanes: dict[str, _Lane] = {}
+        self._ready: list[tuple[str, _Lane]] = []  # lanes the end-of-turn flush publishes
+        self._flush: asyncio.Handle | None = None
+        self._publish_now = True  # False once the broker said it cannot (it never will)
         self.published = 0  # messages acknowledged by this node
         self.storage: Storage | None = None  # set by the hub; runs storage steps in the lane
 
@@ -140,49 +178,24 @@ class Publisher:
         event: Any,
         data: Any,
         *,
-        trigger: str = "client.websocket",
+        trigger: str = "client.http",
     ) -> asyncio.Future[PublishResult]:
         """Spec §8: validate and authorise a client message, then queue it in its lane.
 
         Raises ``ProtocolError`` for refusals. The returned future resolves once the message is
-        stored (when stored) and handed to the broker; WebSocket callers need not await it.
+        stored (when stored) and handed to the broker.
         """
-        sent, channel = resolve_sent(conn, channel_sent)
-        try:
-            event = validate_event(event)
-            data_json = validate_data(data)
-        except ProtocolError as exc:
-            exc.channel = sent
-            raise
-        sub = conn.subscriptions.get(channel)
-        perms = sub.permissions if sub is not None else conn.permissions
-        policy = perms.publish_policy(channel, event, subscribed=sub is not None)
-        if not policy.allowed:
-            raise ProtocolError(
-                ErrorCode.PUBLISH_PERMISSION_DENIED,
-                f"publish of event {event!r} not permitted for channel",
-                channel=sent,
-            )
-        uid, umd_json = (sub.uid, sub.umd_json) if sub is not None else (conn.uid, dumps(conn.umd))
-        pub = Publication(
-            channel=channel,
-            event=event,
-            data_json=data_json,
-            meta_json=protocol.meta_json(uid, umd_json),
-            uid=uid,
-            umd_json=umd_json,
-            store_seconds=policy.store_seconds,
-            exclude=None if policy.echo else conn.id,
-            trigger=trigger,
-            connection_id=conn.id,
-            source_ip=conn.source_ip,
-            user_agent=conn.user_agent,
-            emit_event=policy.emit_event,
-        )
-        future = self.enqueue(pub)
-        if trigger == "client.websocket":
-            future.add_done_callback(lambda f: report_failure(conn, sent, f))
+        _, pub = self._client_publication(conn, channel_sent, event, data, trigger)
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(pub, future)
         return future
+
+    def send_client(self, conn: Connection, channel_sent: Any, event: Any, data: Any) -> None:
+        """A client message over the WebSocket: like ``publish_client``, but nobody waits for
+        the outcome, so a failure in its lane is reported to the sender as ``hotsock.error``."""
+        sent, pub = self._client_publication(conn, channel_sent, event, data, "client.websocket")
+        pub.on_failure = partial(report_failure, conn, sent)
+        self._enqueue(pub, None)
 
     def publish_server(
         self, request: ServerPublish, *, trigger: str = "server.http"
@@ -208,26 +221,147 @@ class Publisher:
     def enqueue(self, pub: Publication) -> asyncio.Future[PublishResult]:
         """Queue a publication in its channel lane; its ID is minted when the lane processes
         it."""
-        pub.created_ms = now_ms()
-        if pub.emit_event:
-            pub.request_id = new_ulid(pub.created_ms)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[PublishResult] = loop.create_future()
-        lane = self._lanes.get(pub.channel)
-        if lane is None:
-            lane = self._lanes[pub.channel] = _Lane()
-        lane.pending.append((pub, future))
-        if lane.task is None:
-            lane.task = loop.create_task(self._run_lane(pub.channel, lane))
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(pub, future)
         return future
 
     async def drain(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) for the queued publications to finish."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush_ready()
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
     # Private methods
+
+    def _client_publication(
+        self, conn: Connection, channel_sent: Any, event: Any, data: Any, trigger: str
+    ) -> tuple[str, Publication]:
+        """``(the channel as sent, the publication)``; raises ``ProtocolError`` for refusals."""
+        sent, channel = resolve_sent(conn, channel_sent)
+        try:
+            event = validate_event(event)
+            data_json = validate_data(data)
+        except ProtocolError as exc:
+            exc.channel = sent
+            raise
+        sub = conn.subscriptions.get(channel)
+        perms = sub.permissions if sub is not None else conn.permissions
+        policy = perms.publish_policy(channel, event, subscribed=sub is not None)
+        if not policy.allowed:
+            raise ProtocolError(
+                ErrorCode.PUBLISH_PERMISSION_DENIED,
+                f"publish of event {event!r} not permitted for channel",
+                channel=sent,
+            )
+        uid, umd_json = (sub.uid, sub.umd_json) if sub is not None else (conn.uid, dumps(conn.umd))
+        return sent, Publication(
+            channel=channel,
+            event=event,
+            data_json=data_json,
+            meta_json=protocol.meta_json(uid, umd_json),
+            uid=uid,
+            umd_json=umd_json,
+            store_seconds=policy.store_seconds,
+            exclude=None if policy.echo else conn.id,
+            trigger=trigger,
+            connection_id=conn.id,
+            source_ip=conn.source_ip,
+            user_agent=conn.user_agent,
+            emit_event=policy.emit_event,
+        )
+
+    def _enqueue(self, pub: Publication, future: asyncio.Future[PublishResult] | None) -> None:
+        pub.created_ms = now_ms()
+        if pub.emit_event:
+            pub.request_id = new_ulid(pub.created_ms)
+        lane = self._lanes.get(pub.channel)
+        if lane is None:
+            lane = self._lanes[pub.channel] = _Lane()
+        lane.pending.append((pub, future))
+        if lane.task is not None or lane.ready:
+            return
+        if self._publish_now and pub.live_only:
+            # no task, no turn: the lane waits for the flush at the end of this loop turn, which
+            # publishes every ready lane, so a busy channel's messages still leave as one batch
+            lane.ready = True
+            self._ready.append((pub.channel, lane))
+            if self._flush is None:
+                self._flush = asyncio.get_running_loop().call_soon(self._flush_ready)
+        else:
+            lane.task = asyncio.get_running_loop().create_task(self._run_lane(pub.channel, lane))
+
+    def _flush_ready(self) -> None:
+        """Publish each ready lane's live-only head now; the rest (a message to store, say)
+        goes on in the lane's task, after it."""
+        self._flush = None
+        ready, self._ready = self._ready, []
+        if self._fanout is not None and len(ready) > 1:
+            self._fanout.cork()
+        try:
+            self._flush_lanes(ready)
+        finally:
+            if self._fanout is not None:
+                self._fanout.uncork()
+
+    def _flush_lanes(self, ready: list[tuple[str, _Lane]]) -> None:
+        for channel, lane in ready:
+            lane.ready = False
+            batch: list[Pending] = []
+            pending = lane.pending
+            while pending and pending[0][0].live_only:
+                batch.append(pending.popleft())
+            if batch and not self._publish_batch_now(channel, batch):
+                pending.extendleft(reversed(batch))
+            if pending:
+                lane.task = asyncio.get_running_loop().create_task(self._run_lane(channel, lane))
+            elif self._lanes.get(channel) is lane:
+                del self._lanes[channel]
+
+    def _publish_batch_now(self, channel: str, batch: list[Pending]) -> bool:
+        """Mint, frame and deliver ``batch`` without awaiting; False when the broker cannot."""
+
+        def build(mint: Minter) -> Sequence[Delivery]:
+            stamp = now_ms()
+            deliveries = []
+            for pub, _ in batch:
+                pub.id = mint(stamp)
+                deliveries.append(
+                    Delivery(
+                        protocol.message_frame(
+                            pub.id, pub.event, channel, pub.data_json, pub.meta_json
+                        ),
+                        pub.exclude,
+                    )
+                )
+            return deliveries
+
+        try:
+            if not self._broker.publish_now(channel, build):
+                self._publish_now = False
+                return False
+        except Exception as exc:
+            log.exception("! publishing on %s failed; live delivery lost", channel)
+            for pub, future in batch:
+                _fail(pub, future, exc)
+            return True
+        self._delivered(batch)
+        return True
+
+    def _delivered(self, live: list[Pending]) -> None:
+        self.published += len(live)
+        for pub, future in live:
+            if future is not None and not future.done():
+                future.set_result(PublishResult(pub.channel, pub.event, pub.id))
+            if pub.emit_event and self._emitter.enabled:
+                if pub.storage is not None and self.storage is not None:
+                    self.storage.announce(pub)
+                elif pub.reaction is not None and pub.reaction.stored is not None:
+                    self._emitter.reaction(pub.event, pub.reaction.stored)
+                else:
+                    self._emitter.published(pub)
 
     async def _run_lane(self, channel: str, lane: _Lane) -> None:
         try:
@@ -249,7 +383,7 @@ class Publisher:
                 log.warning("! publishing on %s refused: %s", channel, exc)
             else:
                 log.exception("! publishing turn failed on %s", channel)
-            await self._fail_all([(p, f) for p, f in batch if not f.done()], exc)
+            await self._fail_all([(p, f) for p, f in batch if f is None or not f.done()], exc)
 
     async def _publish_batch(self, channel: str, batch: list[Pending], mint: Minter) -> None:
         live = await self._claim_dedup(batch, mint)
@@ -271,16 +405,7 @@ class Publisher:
                 log.exception("! broker publish failed on %s; live delivery lost", channel)
             await self._fail_all([(p, f) for p, f in live if not p.durable], exc)
             live = [(p, f) for p, f in live if p.durable]
-        self.published += len(live)
-        for pub, future in live:
-            _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
-            if pub.emit_event and self._emitter.enabled:
-                if pub.storage is not None and self.storage is not None:
-                    self.storage.announce(pub)
-                elif pub.reaction is not None and pub.reaction.stored is not None:
-                    self._emitter.reaction(pub.event, pub.reaction.stored)
-                else:
-                    self._emitter.published(pub)
+        self._delivered(live)
 
     async def _claim_dedup(self, batch: list[Pending], mint: Minter) -> list[Pending]:
         """Mint each ID and claim each ``deduplicationId``; a repeat is answered with the
@@ -294,7 +419,7 @@ class Publisher:
                         f"dedup:{pub.dedup_id}", pub.id, DEDUP_WINDOW_MS
                     )
                 except Exception as exc:
-                    _fail(future, exc)
+                    _fail(pub, future, exc)
                     continue
                 if original is not None:
                     _resolve(
@@ -345,7 +470,7 @@ class Publisher:
                 try:
                     await storage.snapshot(pub.storage)
                 except Exception as exc:
-                    _fail(future, exc)
+                    _fail(pub, future, exc)
                 _resolve(future, PublishResult(pub.channel, pub.event, pub.id))
         rest = [(p, f) for p, f in live if p.storage is None]
         writing = [(p, f) for p, f in live if p.storage is not None and p.storage.write is not None]
@@ -412,7 +537,7 @@ class Publisher:
         """Fail publications that were not delivered, releasing their deduplication claims so a
         retry with the same ``deduplicationId`` is not mistaken for a duplicate."""
         for pub, future in items:
-            _fail(future, exc)
+            _fail(pub, future, exc)
             if pub.claims_in_broker:
                 try:
                     await self._broker.release(f"dedup:{pub.dedup_id}", pub.id)
@@ -421,27 +546,38 @@ class Publisher:
 
 
 def report_failure(
-    conn: Connection,
-    channel: str,
-    future: asyncio.Future[PublishResult],
-    *,
-    what: str = "message",
+    conn: Connection, channel: str, exc: BaseException, *, what: str = "message"
 ) -> None:
     """Tell a WebSocket client that a publication it was not waiting for failed in its lane."""
-    exc = None if future.cancelled() else future.exception()
-    if exc is None:
-        return
     code, reason = wire_error(exc)
     conn.send(
         Frame(protocol.error_frame(code, f"{what} could not be published: {reason}", channel))
     )
 
 
-def _resolve(future: asyncio.Future[PublishResult], result: PublishResult) -> None:
-    if not future.done():
+def failure_reporter(
+    conn: Connection, channel: str, what: str
+) -> Callable[[asyncio.Future[PublishResult]], None]:
+    """A done-callback for a publication's future that nobody awaits: reports its failure."""
+
+    def report(done: asyncio.Future[PublishResult]) -> None:
+        exc = None if done.cancelled() else done.exception()
+        if exc is not None:
+            report_failure(conn, channel, exc, what=what)
+
+    return report
+
+
+def _resolve(future: asyncio.Future[PublishResult] | None, result: PublishResult) -> None:
+    if future is not None and not future.done():
         future.set_result(result)
 
 
-def _fail(future: asyncio.Future[PublishResult], exc: BaseException) -> None:
-    if not future.done():
+def _fail(
+    pub: Publication, future: asyncio.Future[PublishResult] | None, exc: BaseException
+) -> None:
+    if future is None:
+        if pub.on_failure is not None:
+            pub.on_failure(exc)
+    elif not future.done():
         future.set_exception(exc)

@@ -15,7 +15,7 @@ from tidings.core import protocol
 from tidings.core.frames import FrameCheck
 from tidings.errors import CloseCode, ErrorCode, TokenError
 from tidings.hub.hub import Hub
-from tidings.hub.outbound import Frame
+from tidings.hub.outbound import Frame, joined_wire
 from tidings.server.http import HUB, error_response
 
 __all__ = ["AiohttpOutlet", "StrictFrames", "client_ip", "websocket_handler"]
@@ -46,10 +46,7 @@ class AiohttpOutlet:
         if self._closing or self._transport.is_closing():
             return
         if self._raw:
-            if len(frames) == 1:
-                self._transport.write(frames[0].wire)
-            else:
-                self._transport.write(b"".join([f.wire for f in frames]))
+            self._transport.write(joined_wire(frames))
         else:
             loop = asyncio.get_running_loop()
             for f in frames:

@@ -33,7 +33,7 @@ from typing import ClassVar
 import pytest
 import pytest_asyncio
 
-from tidings.broker.base import Broker, Delivery
+from tidings.broker.base import Broker, Delivery, Minter
 from tidings.core.ids import is_ulid, ulid_to_int
 from tidings.core.presence import Change
 
@@ -299,6 +299,32 @@ class BrokerContract:
         assert all(is_ulid(i) for i in ids)
         values = [ulid_to_int(i) for i in ids]
         assert values == sorted(values) and len(set(values)) == len(values)
+
+    async def test_broker_publish_now_delivers_in_order_or_declines(self, node: Node) -> None:
+        """``publish_now`` either declines without calling ``build`` (and keeps declining), or
+        delivers what ``build`` returns at once, after earlier publishes, with IDs above those
+        minted in earlier turns."""
+        await node.broker.subscribe("room")
+        now = _now_ms()
+        async with node.broker.ordering("room") as mint:
+            first = mint(now)
+            await node.broker.publish("room", [Delivery(first.encode())])
+        await node.wait_for("room", 1)
+        minted: list[str] = []
+
+        def build(mint: Minter) -> list[Delivery]:
+            minted.extend([mint(now - 5000), mint(now - 5000)])
+            return [Delivery(i.encode()) for i in minted]
+
+        if not node.broker.publish_now("room", build):
+            assert minted == []
+            assert not node.broker.publish_now("room", build) and minted == []
+            return
+        assert node.payloads("room") == [first.encode(), *(i.encode() for i in minted)]
+        values = [ulid_to_int(i) for i in (first, *minted)]
+        assert values == sorted(values) and len(set(values)) == 3
+        assert node.broker.publish_now("room", lambda mint: [])
+        assert len(node.payloads("room")) == 3
 
     async def test_broker_turn_ids_increase_across_nodes(self, start_node: NodeFactory) -> None:
         """A node whose clock lags still mints above the IDs another node minted before."""
