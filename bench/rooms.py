@@ -14,9 +14,11 @@ Servers: ``tidings`` (the CLI, memory backends) and ``node`` (``bench/node/rooms
 the ``ws`` package: ``npm install --prefix bench/node``). ``--tidings-src DIR`` runs a second
 tidings from another checkout's ``src`` (say, the commit before a change) as ``tidings-base``,
 so before/after ratios come from one run. The server is pinned to CPU 0 and the load generator
-to the others (``TIDINGS_BENCH_PIN=0`` disables); the load generator is Python, so its own CPU
-is reported too: when it saturates, the saturated figures are the load generator's, not the
-server's.
+to the others (``TIDINGS_BENCH_PIN=0`` disables). The load generator is ``rooms_gen.c`` (one
+epoll loop, compiled on first use; well under a microsecond per delivery), so saturated figures
+are the server's; ``--loadgen python`` runs the old leanws workers, which saturate first.
+``--sweep`` runs the channel sweep (1, 10, 100, 1,000 channels at 10,000 subscribers) and the
+subscriber sweep (100, 1,000, 10,000 on one channel) instead of the rooms shape.
 """
 
 from __future__ import annotations
