@@ -740,3 +740,18 @@ def test_token_gate_refuses_bad_limits(options: dict[str, int], message: str) ->
     """Negative leeway and non-positive size limits are ConfigErrors."""
     with pytest.raises(ConfigError, match=message):
         make_gate(**options)
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf"])
+@pytest.mark.parametrize("value", [b"1000000000000000000000000000000", b"1e30", b"253402300800"])
+def test_gate_verify_refuses_dates_after_the_year_9999(name: str, value: bytes) -> None:
+    """``exp`` or ``nbf`` of 10**30 (or just after 9999-12-31) is an invalid token, not an
+    overflow further on (a singleUse claim's lifetime is derived from ``exp``)."""
+    other = b'"nbf":1,' if name == "exp" else f'"exp":{int(NOW) + 60},'.encode()
+    payload = b'{"scope":"connect",' + other + f'"{name}":'.encode() + value + b"}"
+    with pytest.raises(TokenError, match=f"token {name} is out of range"):
+        verify(make_token(payload=payload))
+
+
+def test_gate_verify_accepts_the_last_second_of_9999() -> None:
+    assert verify(make_token(make_claims(exp=253_402_300_799))).exp == 253_402_300_799

@@ -19,11 +19,17 @@ __all__ = [
     "Broker",
     "DeliverFn",
     "Delivery",
+    "MAX_CLAIM_TTL_MS",
     "Minter",
     "PresenceUpdate",
     "ReapedFn",
     "ServeFn",
 ]
+
+
+MAX_CLAIM_TTL_MS = 10_000 * 365 * 86_400_000
+"""The longest ``claim_once`` lifetime (10,000 years, in ms): longer than any valid token's, and
+far inside what Redis's ``PX`` accepts (a signed 64-bit millisecond instant)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,7 @@ class Broker(Protocol):
 
     async def claim_once(self, key: str, value: str, ttl_ms: int) -> str | None:
         """Record ``key`` → ``value`` for ``ttl_ms`` unless ``key`` is already held.
+        ``ttl_ms`` is clamped to 1 … ``MAX_CLAIM_TTL_MS``.
 
         Returns None when this call claimed the key, else the value stored by the first claim.
         Used for ``singleUse`` token IDs and publish ``deduplicationId``s, cluster-wide.

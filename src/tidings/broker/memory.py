@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from tidings.broker.base import (
+    MAX_CLAIM_TTL_MS,
     Broker,
     DeliverFn,
     Delivery,
@@ -70,7 +71,7 @@ class MemoryBroker:
         held = self._claims.get(key)
         if held is not None and held[1] > now:
             return held[0]
-        expires = now + ttl_ms / 1000
+        expires = now + min(max(1, ttl_ms), MAX_CLAIM_TTL_MS) / 1000
         self._claims[key] = (value, expires)
         heapq.heappush(self._expiry, (expires, key))
         return None

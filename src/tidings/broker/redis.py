@@ -88,6 +88,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tidings.broker.base import (
+    MAX_CLAIM_TTL_MS,
     Broker,
     DeliverFn,
     Delivery,
@@ -508,7 +509,9 @@ class RedisBroker:
         """
         held = await self._call(
             "claim",
-            self._claim_script(keys=[self._key("claim", key)], args=[value, max(1, ttl_ms)]),
+            self._claim_script(
+                keys=[self._key("claim", key)], args=[value, min(max(1, ttl_ms), MAX_CLAIM_TTL_MS)]
+            ),
         )
         if held is None:
             return None
@@ -835,7 +838,9 @@ class RedisBroker:
             self._went_down(exc)
             if isinstance(exc, _NOT_CONNECTED):  # details are in the log, not in 503 bodies
                 raise BrokerUnavailable(f"the broker is unreachable ({what})") from exc
-            raise BrokerUnavailable(f"the broker refused {what}: {exc}") from exc
+            # a Redis error reply (it can name script digests and keys): logged, never sent
+            log.warning("! Redis refused %s: %s", what, exc)
+            raise BrokerUnavailable(f"the broker refused {what}") from exc
         self._came_back()
         return result
 

@@ -35,12 +35,17 @@ from tidings.errors import ConfigError, TokenError
 __all__ = [
     "ALGORITHMS",
     "HEARTBEAT_TIMEOUT_RANGE",
+    "MAX_NUMERIC_DATE",
     "Claims",
     "Scope",
     "SigningKey",
     "TokenGate",
     "check_binding",
 ]
+
+# 9999-12-31T23:59:59Z: a later exp or nbf is not a date any issuer means (10**30 has been
+# seen) and would overflow the lifetimes derived from it, so the token is refused as invalid.
+MAX_NUMERIC_DATE = 253_402_300_799
 
 _HMAC = ("HS256", "HS384", "HS512")
 _RSA = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -422,6 +427,8 @@ def _numeric_date(payload: Mapping[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TokenError(f"token {name} must be a number")
+    if abs(value) > MAX_NUMERIC_DATE:
+        raise TokenError(f"token {name} is out of range (after the year 9999)")
     return value
 
 

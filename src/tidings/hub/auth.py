@@ -7,7 +7,7 @@ import hmac
 import logging
 import time
 
-from tidings.broker.base import Broker
+from tidings.broker.base import MAX_CLAIM_TTL_MS, Broker
 from tidings.config import Settings
 from tidings.core.tokens import Claims, Scope, SigningKey, TokenGate, check_binding
 from tidings.errors import ErrorCode, ProtocolError, TokenError
@@ -119,7 +119,9 @@ class Auth:
     async def _claim(self, claims: Claims, what: str) -> bool:
         if not claims.single_use or claims.jti is None:
             return False
-        ttl_ms = max(1, int((claims.exp - time.time()) * 1000))
+        # the claim outlives the token (exp is at most MAX_NUMERIC_DATE), and the clamp keeps
+        # whatever reaches the broker within what it can hold
+        ttl_ms = min(max(1, int((claims.exp - time.time()) * 1000)), MAX_CLAIM_TTL_MS)
         if await self._broker.claim_once(f"jti:{claims.jti}", "used", ttl_ms) is not None:
             raise TokenError(f"{what} was already used (singleUse)")
         return True

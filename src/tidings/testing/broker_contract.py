@@ -259,6 +259,13 @@ class BrokerContract:
             b = await start_node()
             assert await b.broker.claim_once("jti:1", "third", 60_000) == "first"
 
+    @pytest.mark.parametrize("ttl_ms", [0, -5, 10**30])
+    async def test_broker_claim_lifetime_is_clamped(self, node: Node, ttl_ms: int) -> None:
+        """An absurd lifetime (0, negative, 10**30 ms) is clamped, not an error."""
+        assert await node.broker.claim_once("jti:absurd", "v", ttl_ms) is None
+        if ttl_ms > 0:
+            assert await node.broker.claim_once("jti:absurd", "w", 60_000) == "v"
+
     async def test_broker_claims_are_per_key(self, node: Node) -> None:
         assert await node.broker.claim_once("dedup:a", "1", 60_000) is None
         assert await node.broker.claim_once("dedup:b", "2", 60_000) is None
