@@ -136,6 +136,7 @@ def _connect_token() -> str:
                 "subscribe": True,
                 "historyStart": 0,
                 "messages": {"*": {"publish": True, "echo": True, "store": 3600, "react": True}},
+                "storage": {"*": {"observe": True, "get": True, "set": True}},
             }
         },
     }
@@ -216,6 +217,33 @@ def test_console_end_to_end(browser_available: None, server: str) -> None:
                 page.locator('#log .log-entry[data-dir="http"][data-status="202"]')
             ).to_have_count(1)
             expect(_log_entries(page, "in", "from-http")).to_have_count(1)
+
+            # Channel storage: set over the socket, a server write arrives live, delete, list
+            # over HTTP, get.
+            expect(page.locator("#storage-channel")).to_have_value("demo")
+            page.fill("#storage-key", "settings")
+            page.fill("#storage-data", '{"maxPlayers":4}')
+            page.click("#storage-set")
+            expect(_log_entries(page, "in", "hotsock.channelStorageUpdated")).to_have_count(1)
+            entry = page.locator('#storage .storage-item[data-key="settings"]')
+            expect(entry).to_contain_text('"maxPlayers":4')
+            expect(entry).to_contain_text("console-tester")
+            write = {"channel": "demo", "event": "hotsock.channelStorageSet", "key": "mode"}
+            status, text = _http("POST", f"{server}/publish", {**write, "data": "ffa"}, API_KEY)
+            assert status == 202, text
+            expect(page.locator('#storage .storage-item[data-key="mode"]')).to_contain_text("ffa")
+            page.fill("#storage-data", "")
+            page.click("#storage-set")
+            expect(entry).to_have_count(0)
+            page.click("#storage-list")
+            expect(
+                page.locator('#log .log-entry[data-dir="http"]', has_text="channelStorageList")
+            ).to_have_count(2)
+            expect(page.locator("#storage .storage-item")).to_have_count(1)
+            expect(page.locator("#storage-summary")).to_have_text("1 entry on demo")
+            page.fill("#storage-key", "mode")
+            page.click("#storage-get")
+            expect(_log_entries(page, "in", "hotsock.channelStorageData")).to_have_count(1)
 
             # Ping and raw frames.
             page.click("#ping")
