@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import MS, Client, Server, StartServer
+from tests.services import POSTGRES_URL, postgres_schema
 
 YEAR = 31_536_000
 
@@ -411,3 +412,38 @@ async def test_secrets_never_logged(
     text = "\n".join(r.getMessage() + str(r.exc_info or "") for r in server_records)
     for secret in (token, client.secret, API_KEY, "wrong-secret-value"):
         assert secret not in text
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_nul_in_uid_umd_and_data_round_trips_on_every_backend(
+    start_server: StartServer, tmp_path: Path, backend: str
+) -> None:
+    """A signed uid, a umd and data holding U+0000 (legal JSON) are stored and listed exactly,
+    on SQLite and PostgreSQL alike; an event name holding it is refused the same way on both."""
+    async with postgres_schema("nul") as schema:
+        store = (
+            f"sqlite:///{tmp_path}/t.db"
+            if backend == "sqlite"
+            else f"{POSTGRES_URL}?schema={schema}"
+        )
+        server = await start_server(store=store)
+        chat = {"publish": True, "store": YEAR, "echo": True}
+        claims = {
+            "channels": {
+                "my-channel": {"subscribe": True, "historyStart": 0, "messages": {"*": chat}}
+            },
+            "uid": "a\u0000b",
+            "umd": {"n": "\u0000\u0001"},
+        }
+        client = await server.connect(claims)
+        await client.subscribe("my-channel")
+        await client.send({"channel": "my-channel", "event": "chat", "data": {"x": "\u0000"}})
+        echoed = await client.expect("chat")
+        assert echoed["meta"] == {"uid": "a\u0000b", "umd": {"n": "\u0000\u0001"}}
+        [listed] = await list_all(server, client, "my-channel")
+        assert listed["data"] == {"x": "\u0000"}
+        assert listed["meta"] == echoed["meta"]
+        await client.send({"channel": "my-channel", "event": "ch\u0000at", "data": 1})
+        assert (await client.expect("hotsock.error"))["error"]["code"] == "INVALID_EVENT"
+        await server.node.stop()

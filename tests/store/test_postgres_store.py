@@ -213,16 +213,16 @@ async def test_postgres_store_recovers_after_connections_are_killed(schema: str)
 
 
 @pytest.mark.integration
-async def test_postgres_store_nul_character_fails_only_its_call(schema: str) -> None:
-    """Text PostgreSQL cannot hold (a raw U+0000) fails its own call with ``StoreError`` and
-    not the calls committed alongside it."""
+async def test_postgres_store_unencodable_text_fails_only_its_call(schema: str) -> None:
+    """Text no encoding can carry (a lone surrogate) fails its own call with ``StoreError``
+    and not the calls committed alongside it."""
     store = PostgresStore(POSTGRES_URL, schema=schema, max_writers=1)
     await store.open()
     try:
         good = [make_record(ms=T0 + i) for i in range(10)]
         outcomes = await asyncio.gather(
             *(store.append([r]) for r in good[:5]),
-            store.append([make_record(ms=T0 + 50, uid="nul\x00here")]),
+            store.append([make_record(ms=T0 + 50, uid="lone \ud800 surrogate")]),
             *(store.append([r]) for r in good[5:]),
             return_exceptions=True,
         )
@@ -266,3 +266,49 @@ def test_postgres_store_from_url_rejects_bad_options(url: str) -> None:
     """Identifiers spliced into SQL and pool sizes are checked up front."""
     with pytest.raises(ConfigError):
         PostgresStore.from_url(url)
+
+
+@pytest.mark.integration
+async def test_postgres_store_version_7_keeps_uids_that_begin_with_the_marker(
+    schema: str,
+) -> None:
+    """A uid beginning with U+0001, stored before version 7, reads back unchanged after the
+    migration that re-encodes such uids."""
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    await store.open()
+    record = make_record(uid="\x01legacy")
+    reaction = make_reaction(record, uid="\x01legacy")
+    await store.aclose()
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(
+            f"INSERT INTO {store.messages_table} VALUES ($1, 'room.1', 'chat', '\"hi\"', $2, "
+            "'null', $3, NULL, 'server.http', NULL, NULL, NULL)",
+            record.id,
+            record.uid,
+            T0,
+        )
+        await conn.execute(
+            f"INSERT INTO {store.reactions_table} (channel, message_id, uid, reaction, id, umd, "
+            "created_ms, \"trigger\") VALUES ('room.1', $1, $2, $3, $4, 'null', $5, $6)",
+            record.id,
+            reaction.uid,
+            reaction.reaction,
+            reaction.id,
+            reaction.created_ms,
+            reaction.trigger,
+        )
+        await conn.execute(f'UPDATE "{schema}"."tidings_schema_version" SET version = 6')
+    finally:
+        await conn.close()
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    await store.open()
+    try:
+        assert await store.list_messages("room.1", now_ms=T0) == [record]
+        assert await store.list_reactions("room.1", [record.id], now_ms=T0) == {
+            record.id: [reaction]
+        }
+    finally:
+        await store.aclose()

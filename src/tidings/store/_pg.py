@@ -6,9 +6,19 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+import orjson
+
 from tidings.errors import ConfigError, StoreError, StoreUnavailable
 
-__all__ = ["MIGRATION_LOCK_KEY", "begin_migration", "check_identifiers", "map_error"]
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "begin_migration",
+    "check_identifiers",
+    "decode_text",
+    "encode_text",
+    "map_error",
+    "reencode_sql",
+]
 
 # One lock for every tidings migration in the database ("tidings\0" as a big-endian int8), the
 # store's and the webhook outbox's alike: migrations are rare and short, and one key also
@@ -25,6 +35,36 @@ async def begin_migration(conn: Any, schema: str | None) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
     if schema is not None:
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+
+# PostgreSQL text cannot hold U+0000, which is legal in a JSON string (a signed uid may have
+# it). Such a string, and one that begins with the marker itself, is stored as the marker and
+# its JSON text; every other string as itself. Injective, so equality and keys still work.
+_MARKER = "\x01"
+
+
+def encode_text(value: str | None) -> str | None:
+    """The form of ``value`` a text column can hold (see ``decode_text``)."""
+    if value is None or ("\x00" not in value and not value.startswith(_MARKER)):
+        return value
+    return _MARKER + orjson.dumps(value).decode()
+
+
+def decode_text(value: str) -> str:
+    """The string ``encode_text`` was given."""
+    if not value.startswith(_MARKER):
+        return value
+    decoded: str = orjson.loads(value[1:])
+    return decoded
+
+
+def reencode_sql(table: str, column: str) -> str:
+    """The migration that brings rows written before ``encode_text`` existed to its form: only
+    values that begin with the marker change (none could hold U+0000)."""
+    return (
+        f"UPDATE {table} SET {column} = E'\\x01' || to_json({column})::text "
+        f"WHERE starts_with({column}, E'\\x01')"
+    )
 
 
 def check_identifiers(**names: str | None) -> None:

@@ -29,6 +29,9 @@ Shape:
 * **Deduplication** (version 6): ``<prefix>dedup`` maps each recent ``deduplicationId`` to its
   message. A flush holding one claims them (``INSERT … ON CONFLICT``, which waits for a
   concurrent claimer's commit) and inserts the winners' messages in the same transaction.
+* **U+0000** (version 7): ``uid`` columns go through ``_pg.encode_text``, an injective text
+  form PostgreSQL can hold (the JSON columns already hold escaped JSON text), so every value
+  valid on the wire round-trips as on SQLite.
 * **Outcome unknown.** A connection that dies after a write was sent (and a retry that cannot
   reach the server) leaves the commit in doubt: ``append`` raises ``StoreOutcomeUnknown``.
 """
@@ -36,13 +39,21 @@ Shape:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from tidings.errors import ConfigError, StoreError, StoreOutcomeUnknown, StoreUnavailable
-from tidings.store._pg import begin_migration, check_identifiers, map_error
+from tidings.store._pg import (
+    begin_migration,
+    check_identifiers,
+    decode_text,
+    encode_text,
+    map_error,
+    reencode_sql,
+)
 from tidings.store.base import (
     DEDUP_WINDOW_MS,
     MessageRecord,
@@ -64,7 +75,7 @@ __all__ = ["PostgresStore"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Column order equals the field order of ``MessageRecord``, so ``MessageRecord(*row)`` works.
 _COLUMNS = (
@@ -245,7 +256,24 @@ def _migrations(
             """,
             f'CREATE INDEX IF NOT EXISTS "{prefix}dedup_expires_idx" ON {dedup} (expires_ms)',
         ),
+        # uids are stored through encode_text from here on (U+0000 round-trips)
+        7: (
+            reencode_sql(messages, "uid"),
+            reencode_sql(reactions, "uid"),
+            reencode_sql(storage, "uid"),
+        ),
     }
+
+
+_Decodable = TypeVar("_Decodable", MessageRecord, ReactionRecord, StorageEntry)
+
+
+def _decoded(record: _Decodable) -> _Decodable:
+    """``record`` with its ``uid`` as it was before ``encode_text``."""
+    uid = record.uid
+    if uid is None or not uid.startswith("\x01"):
+        return record
+    return dataclasses.replace(record, uid=decode_text(uid))
 
 
 class PostgresStore:
@@ -568,7 +596,7 @@ class PostgresStore:
             rows = await self._call("fetch", sql, *params)
         except Exception as exc:
             raise map_error(exc, "list_messages") from exc
-        return [MessageRecord(*row) for row in rows]
+        return [_decoded(MessageRecord(*row)) for row in rows]
 
     async def get_message(
         self, channel: str, message_id: str, *, now_ms: int
@@ -579,7 +607,7 @@ class PostgresStore:
             row = await self._call("fetchrow", self._get_sql, channel, message_id, now_ms)
         except Exception as exc:
             raise map_error(exc, "get_message") from exc
-        return None if row is None else MessageRecord(*row)
+        return None if row is None else _decoded(MessageRecord(*row))
 
     async def sweep(self, *, now_ms: int, limit: int = 1000) -> int:
         """Delete at most ``limit`` records with ``expires_ms <= now_ms``; return the count.
@@ -628,11 +656,11 @@ class PostgresStore:
                             self._remove_reaction_sql,
                             change.channel,
                             change.message_id,
-                            change.uid,
+                            encode_text(change.uid),
                             change.reaction,
                             now_ms,
                         )
-                        outcomes.append(None if row is None else ReactionRecord(*row))
+                        outcomes.append(None if row is None else _decoded(ReactionRecord(*row)))
                         continue
                     added = await conn.fetchval(
                         self._add_reaction_sql,
@@ -640,7 +668,7 @@ class PostgresStore:
                         change.channel,
                         change.message_id,
                         change.reaction,
-                        change.uid,
+                        encode_text(change.uid),
                         change.umd,
                         change.created_ms,
                         change.expires_ms,
@@ -689,7 +717,7 @@ class PostgresStore:
             raise map_error(exc, "list_reactions") from exc
         found: dict[str, list[ReactionRecord]] = {}
         for row in rows:
-            record = ReactionRecord(*row)
+            record = _decoded(ReactionRecord(*row))
             found.setdefault(record.message_id, []).append(record)
         return found
 
@@ -869,7 +897,7 @@ class PostgresStore:
             row = await self._call("fetchrow", self._get_storage_sql, channel, key, now_ms)
         except Exception as exc:
             raise map_error(exc, "get_storage") from exc
-        return None if row is None else StorageEntry(*row)
+        return None if row is None else _decoded(StorageEntry(*row))
 
     async def list_storage(
         self,
@@ -901,7 +929,7 @@ class PostgresStore:
             rows = await self._call("fetch", sql, *params)
         except Exception as exc:
             raise map_error(exc, "list_storage") from exc
-        return [StorageEntry(*row) for row in rows]
+        return [_decoded(StorageEntry(*row)) for row in rows]
 
     async def sweep_storage(self, *, now_ms: int, limit: int = 1000) -> list[StorageEntry]:
         """Delete at most ``limit`` expired entries and return them. Several nodes may sweep
@@ -914,7 +942,7 @@ class PostgresStore:
             rows = await self._pool.fetch(self._sweep_storage_sql, now_ms, limit)
         except Exception as exc:
             raise map_error(exc, "sweep_storage") from exc
-        return [StorageEntry(*row) for row in rows]
+        return [_decoded(StorageEntry(*row)) for row in rows]
 
     async def aclose(self) -> None:
         """Wait for pending appends and running queries, then close the pool. Idempotent."""
@@ -966,7 +994,7 @@ class PostgresStore:
         decides again against the row that won."""
         while True:
             found = await conn.fetchrow(self._lock_storage_sql, change.channel, change.key)
-            stored = None if found is None else StorageEntry(*found)
+            stored = None if found is None else _decoded(StorageEntry(*found))
             outcome, row = decide_storage(change, stored, now_ms)
             if row is None:
                 if stored is not None:
@@ -978,7 +1006,7 @@ class PostgresStore:
                 row.channel,
                 row.key,
                 row.data,
-                row.uid,
+                encode_text(row.uid),
                 row.umd,
                 row.updated_ms,
                 row.expires_ms,
@@ -1173,7 +1201,7 @@ class PostgresStore:
             channels.append(r.channel)
             events.append(r.event)
             datas.append(r.data)
-            uids.append(r.uid)
+            uids.append(encode_text(r.uid))
             umds.append(r.umd)
             created.append(r.created_ms)
             expires.append(r.expires_ms)

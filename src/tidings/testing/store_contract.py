@@ -225,6 +225,11 @@ TRICKY_JSON = (
 )
 
 
+# uids that break naive text storage: U+0000 anywhere, the marker a backend may escape with,
+# other control characters, non-BMP characters.
+TRICKY_UIDS = ("a\x00b", "\x00", "\x01", "\x01a\x00", '\x01"x"', "tab\t\x1f\x7f", "😀\x00😀")
+
+
 class StoreContract:
     """Tests any ``Store`` must pass. Subclass as ``Test…`` and define ``make_store``."""
 
@@ -629,6 +634,27 @@ class StoreContract:
         assert listed.data == text and listed.umd == text
         fetched = await store.get_message("room.1", record.id, now_ms=T0)
         assert fetched is not None and fetched.data == text and fetched.umd == text
+
+    @pytest.mark.parametrize("uid", TRICKY_UIDS, ids=range(len(TRICKY_UIDS)))
+    async def test_store_round_trips_any_uid(self, store: Store, uid: str) -> None:
+        """Any string a signed token may carry as ``uid`` (U+0000 included: legal JSON, and
+        PostgreSQL text cannot hold it) comes back exactly, on messages, reactions and
+        storage entries, and keeps reactions apart per uid."""
+        message = make_record(uid=uid, umd='{"n":"\\u0000"}', data='"\\u0000"')
+        plain = make_record(sequence=1, uid="plain " + uid.replace("\x00", "").replace("\x01", ""))
+        await store.append([message, plain])
+        assert await store.list_messages("room.1", now_ms=T0) == [message, plain]
+        assert await store.get_message("room.1", message.id, now_ms=T0) == message
+        reaction = make_reaction(message, uid=uid)
+        other = make_reaction(message, uid=plain.uid or "", sequence=1)
+        assert await store.apply_reactions([reaction, other], now_ms=T0) == [reaction, other]
+        assert await store.list_reactions("room.1", [message.id], now_ms=T0) == {
+            message.id: [reaction, other]
+        }
+        assert await store.apply_reactions([_removal(reaction)], now_ms=T0) == [reaction]
+        entry = make_entry(uid=uid)
+        await store.apply_storage([entry], now_ms=T0)
+        assert await store.get_storage("room.1", entry.key, now_ms=T0) == entry
 
     async def test_store_round_trips_every_field(self, store: Store) -> None:
         """All fields come back equal, with None kept apart from empty strings."""
