@@ -26,6 +26,11 @@ from tidings.errors import ErrorCode, ProtocolError
         ('{"channel":"c","event":"e","data":[1]}', protocol.ClientMessage("c", "e", [1])),
         ('{"event":"e"}', protocol.ClientMessage(None, "e", None)),
         (
+            '{"channel":"c","event":"e","scheduleExpression":"at(2030-01-01T00:00:00)",'
+            '"scheduleExpressionTimezone":"UTC"}',
+            protocol.ClientMessage("c", "e", None, "at(2030-01-01T00:00:00)", "UTC"),
+        ),
+        (
             '{"event":"hotsock.messageReaction","channel":"c","data":{"reaction":"x"}}',
             protocol.MessageReaction("c", {"reaction": "x"}),
         ),

@@ -45,11 +45,12 @@ def test_flag_reads_optional_booleans() -> None:
 
 
 def test_refuse_schedule_refuses_only_a_given_expression() -> None:
-    """scheduleExpression is INVALID_SCHEDULE until scheduling exists; null is no schedule."""
-    refuse_schedule({"scheduleExpression": None})
-    assert _code(refuse_schedule, {"scheduleExpression": "in 5 minutes"}) is (
-        ErrorCode.INVALID_SCHEDULE
-    )
+    """A request that cannot be scheduled refuses an expression, naming itself; null is no
+    schedule."""
+    refuse_schedule({"scheduleExpression": None}, "a reaction")
+    with pytest.raises(ProtocolError, match="a reaction cannot be scheduled") as info:
+        refuse_schedule({"scheduleExpression": "at(2030-01-01T00:00:00)"}, "a reaction")
+    assert info.value.code is ErrorCode.INVALID_SCHEDULE
 
 
 def test_parse_server_publish_reads_every_field() -> None:
@@ -63,6 +64,8 @@ def test_parse_server_publish_reads_every_field() -> None:
             "deduplicationId": "d-1",
             "eagerIdGeneration": True,
             "emitPubSubEvent": True,
+            "scheduleExpression": "at(2030-01-01T00:00:00)",
+            "scheduleExpressionTimezone": "Europe/Paris",
         }
     )
     assert (msg.channel, msg.event, msg.data_json, msg.store_seconds) == (
@@ -72,13 +75,14 @@ def test_parse_server_publish_reads_every_field() -> None:
         60,
     )
     assert (msg.deduplication_id, msg.eager, msg.emit_event) == ("d-1", True, True)
+    assert msg.due_ms == 1_893_452_400_000  # 2029-12-31T23:00:00Z
 
 
 def test_parse_server_publish_defaults() -> None:
     """Only channel and event are required; an empty deduplicationId means none."""
     msg = parse_server_publish({"channel": "room", "event": "e", "deduplicationId": ""})
     assert (msg.data_json, msg.store_seconds, msg.deduplication_id) == (b"null", 0, None)
-    assert (msg.eager, msg.emit_event) == (False, False)
+    assert (msg.eager, msg.emit_event, msg.due_ms) == (False, False, None)
 
 
 @pytest.mark.parametrize(

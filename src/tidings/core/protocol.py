@@ -69,6 +69,8 @@ class ClientMessage:
     channel: Any  # validated by the hub, which also resolves aliases
     event: str
     data: Any
+    schedule_expression: Any = None  # ``scheduleExpression`` (spec §14), checked by the hub
+    schedule_timezone: Any = None  # ``scheduleExpressionTimezone``
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +178,13 @@ def parse_client_frame(text: str | bytes) -> Command:
         raise ProtocolError(
             ErrorCode.INVALID_EVENT, f"unknown or unsupported event {event!r}", channel=sent_channel
         )
-    return ClientMessage(channel, event, frame.get("data"))
+    return ClientMessage(
+        channel,
+        event,
+        frame.get("data"),
+        frame.get("scheduleExpression"),
+        frame.get("scheduleExpressionTimezone"),
+    )
 
 
 def _subscribe_token(data: Any, channel: str) -> str | None:

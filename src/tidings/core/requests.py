@@ -19,6 +19,7 @@ from tidings.core.names import (
     validate_event,
     validate_store,
 )
+from tidings.core.schedule import read_schedule
 from tidings.errors import ErrorCode, ProtocolError
 
 __all__ = [
@@ -42,6 +43,7 @@ class ServerPublish:
     deduplication_id: str | None
     eager: bool  # answer with the message ID (``eagerIdGeneration``)
     emit_event: bool  # emit ``hotsock.messagePublished`` (``emitPubSubEvent``)
+    due_ms: int | None = None  # the scheduled instant (Unix ms), None when not scheduled
 
 
 def parse_body(raw: bytes) -> Any:
@@ -66,12 +68,11 @@ def flag(body: dict[str, Any], name: str) -> bool:
     return value is True
 
 
-def refuse_schedule(body: dict[str, Any]) -> None:
-    """Scheduled publishing is not implemented yet: refuse it rather than publish at once."""
+def refuse_schedule(body: dict[str, Any], what: str) -> None:
+    """Refuse a ``scheduleExpression`` on a request that cannot be scheduled (``what``), rather
+    than run it at once."""
     if body.get("scheduleExpression") is not None:
-        raise ProtocolError(
-            ErrorCode.INVALID_SCHEDULE, "scheduled publishing is not supported by this server yet"
-        )
+        raise ProtocolError(ErrorCode.INVALID_SCHEDULE, f"{what} cannot be scheduled")
 
 
 def parse_server_publish(body: object) -> ServerPublish:
@@ -87,7 +88,7 @@ def parse_server_publish(body: object) -> ServerPublish:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "deduplicationId must be a string")
     eager = flag(body, "eagerIdGeneration")
     emit = flag(body, "emitPubSubEvent")
-    refuse_schedule(body)
+    due_ms = read_schedule(body)
     return ServerPublish(
         channel=channel,
         event=event,
@@ -96,4 +97,5 @@ def parse_server_publish(body: object) -> ServerPublish:
         deduplication_id=dedup or None,
         eager=eager,
         emit_event=emit,
+        due_ms=due_ms,
     )

@@ -14,6 +14,7 @@ from tidings.hub.connection import Connection
 from tidings.hub.outbound import Frame
 from tidings.hub.publishing import Publisher, failure_reporter
 from tidings.hub.reactions import Reactions
+from tidings.hub.scheduler import Scheduler
 from tidings.hub.storage import Storage
 from tidings.hub.subscriptions import Subscriptions
 from tidings.hub.umd import UmdUpdates
@@ -33,12 +34,14 @@ class Commands:
         *,
         subscriptions: Subscriptions,
         publisher: Publisher,
+        scheduler: Scheduler,
         reactions: Reactions,
         umd: UmdUpdates,
         storage: Storage,
     ) -> None:
         self._subscriptions = subscriptions
         self._publisher = publisher
+        self._scheduler = scheduler
         self._reactions = reactions
         self._umd = umd
         self._storage = storage
@@ -89,7 +92,18 @@ class Commands:
     # Handlers
 
     async def _message(self, conn: Connection, command: protocol.ClientMessage) -> None:
-        self._publisher.send_client(conn, command.channel, command.event, command.data)
+        if command.schedule_expression is None:
+            self._publisher.send_client(conn, command.channel, command.event, command.data)
+            return
+        await self._scheduler.schedule_client(
+            conn,
+            command.channel,
+            command.event,
+            command.data,
+            command.schedule_expression,
+            command.schedule_timezone,
+            trigger="client.websocket",
+        )
 
     async def _subscribe(self, conn: Connection, command: protocol.Subscribe) -> None:
         await self._subscriptions.subscribe(conn, command.channel, command.token)

@@ -8,6 +8,7 @@ Where things live (see docs/design.md for the whole map)::
     subscriptions.py  subscribe / unsubscribe / autoSubscribe, counts, node interest
     presence.py       presence joins, leaves and member events
     publishing.py     channel lanes: IDs, dedup, store-then-publish
+    scheduler.py      scheduled messages: acceptance and the due-time loop
     fanout.py         channel → local subscribers, delivery of what the broker carries
     history.py        listMessages and the expired-message sweeper
     reactions.py      message reactions and listReactions
@@ -46,6 +47,7 @@ from tidings.hub.outbound import Frame, Outlet
 from tidings.hub.presence import Presence
 from tidings.hub.publishing import Publication, Publisher, PublishResult
 from tidings.hub.reactions import Reactions
+from tidings.hub.scheduler import Scheduler
 from tidings.hub.storage import Storage
 from tidings.hub.subscriptions import Subscriptions
 from tidings.hub.umd import UmdUpdates
@@ -79,6 +81,7 @@ class Hub:
         self._publisher = Publisher(
             store=store, broker=broker, emitter=self._emitter, fanout=self._fanout
         )
+        self._scheduler = Scheduler(store=store, publisher=self._publisher)
         self._history = History(
             store=store, sweep_interval=settings.timeouts.sweep_interval_seconds
         )
@@ -109,6 +112,7 @@ class Hub:
         self._commands = Commands(
             subscriptions=self._subscriptions,
             publisher=self._publisher,
+            scheduler=self._scheduler,
             reactions=self._reactions,
             umd=self._umd,
             storage=self._storage,
@@ -127,6 +131,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._history.sweep_forever())
         self._storage_sweeper = loop.create_task(self._storage.sweep_forever())
+        self._scheduler.start()
 
     async def drain(self) -> None:
         """Graceful stop: close every connection with 1001, finish queued publications, flush
@@ -137,6 +142,7 @@ class Hub:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         # concurrently: with a shared broker each cleanup waits on round trips
         await asyncio.gather(*(self.close_connection(conn) for conn in conns))
+        await self._scheduler.stop(self.settings.timeouts.drain_seconds)
         await self._publisher.drain(self.settings.timeouts.drain_seconds)
         for sweeper in (self._sweeper, self._storage_sweeper):
             if sweeper is not None:
@@ -162,6 +168,7 @@ class Hub:
         counters = {
             "connections_opened": self.connections_opened,
             "messages_published": self._publisher.published,
+            "schedules_run": self._scheduler.ran,
             "frames_delivered": self._fanout.frames_delivered,
         }
         if self._events is not None:
@@ -268,8 +275,33 @@ class Hub:
         return self._publisher.publish_client(conn, channel, event, data, trigger=trigger)
 
     def publish_server(self, request: ServerPublish) -> asyncio.Future[PublishResult]:
-        """A validated ``POST /publish`` message (spec §15)."""
+        """A validated ``POST /publish`` message (spec §15); scheduled when it has a due time
+        (spec §14), and then its future resolves once the schedule is stored."""
+        if request.due_ms is not None:
+            return asyncio.ensure_future(self._scheduler.schedule_server(request))
         return self._publisher.publish_server(request)
+
+    async def schedule_client(
+        self,
+        conn: Connection,
+        channel: Any,
+        event: Any,
+        data: Any,
+        expression: Any,
+        timezone: Any,
+        *,
+        trigger: str,
+        eager: bool,
+    ) -> PublishResult:
+        """A client message with a ``scheduleExpression`` (spec §14); raises
+        ``ProtocolError`` for refusals, returns once the schedule is stored."""
+        return await self._scheduler.schedule_client(
+            conn, channel, event, data, expression, timezone, trigger=trigger, eager=eager
+        )
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        """``DELETE /schedules/{id}``: False when unknown, already run or running."""
+        return await self._scheduler.cancel(schedule_id)
 
     async def list_messages(self, conn: Connection, body: dict[str, Any]) -> bytes:
         """``listMessages`` (spec §10.2): the JSON response body."""

@@ -38,6 +38,7 @@ from tidings.core import protocol
 from tidings.core.ids import new_ulid
 from tidings.core.json import dumps
 from tidings.core.names import validate_data, validate_event
+from tidings.core.permissions import Permissions
 from tidings.core.requests import ServerPublish
 from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, StoreError, wire_error
 from tidings.hub._common import now_ms, resolve_sent
@@ -58,6 +59,7 @@ __all__ = [
     "Publisher",
     "failure_reporter",
     "report_failure",
+    "server_publication",
 ]
 
 log = logging.getLogger("tidings.hub")
@@ -82,7 +84,8 @@ class Publication:
     dedup_id: str | None = None  # the server publish's deduplicationId
     emit_event: bool = False  # emit hotsock.messagePublished once delivered
     request_id: str = ""  # ULID of the accepting request (event metadata)
-    id: str = ""  # minted when its lane processes it, in the channel's publishing turn
+    id: str = ""  # minted when its lane processes it, in the channel's publishing turn, unless
+    # set before (a scheduled message's eager ID, spec §14)
     created_ms: int = 0
     reaction: ReactionIntent | None = None  # set on reaction events (spec §12)
     storage: StorageIntent | None = None  # set on storage writes and reads (spec §11)
@@ -132,8 +135,10 @@ class Publication:
 class PublishResult:
     channel: str
     event: str
-    id: str  # the message ID (the original one for a deduplicated publish)
+    id: str  # the message ID (the original one for a deduplicated publish); "" when scheduled
+    # without an eager ID
     duplicate: bool = False
+    schedule_id: str | None = None  # set when the message was scheduled (spec §14)
 
 
 # the future is None when nobody awaits the outcome (``Publication.on_failure`` reports it)
@@ -185,7 +190,7 @@ class Publisher:
         Raises ``ProtocolError`` for refusals. The returned future resolves once the message is
         stored (when stored) and handed to the broker.
         """
-        _, pub = self._client_publication(conn, channel_sent, event, data, trigger)
+        _, pub, _ = self.client_publication(conn, channel_sent, event, data, trigger=trigger)
         future = asyncio.get_running_loop().create_future()
         self._enqueue(pub, future)
         return future
@@ -193,7 +198,9 @@ class Publisher:
     def send_client(self, conn: Connection, channel_sent: Any, event: Any, data: Any) -> None:
         """A client message over the WebSocket: like ``publish_client``, but nobody waits for
         the outcome, so a failure in its lane is reported to the sender as ``hotsock.error``."""
-        sent, pub = self._client_publication(conn, channel_sent, event, data, "client.websocket")
+        sent, pub, _ = self.client_publication(
+            conn, channel_sent, event, data, trigger="client.websocket"
+        )
         pub.on_failure = partial(report_failure, conn, sent)
         self._enqueue(pub, None)
 
@@ -201,26 +208,11 @@ class Publisher:
         self, request: ServerPublish, *, trigger: str = "server.http"
     ) -> asyncio.Future[PublishResult]:
         """Queue a validated ``POST /publish`` message; no permission applies (spec §15)."""
-        dedup = request.deduplication_id
-        return self.enqueue(
-            Publication(
-                channel=request.channel,
-                event=request.event,
-                data_json=request.data_json,
-                meta_json=None,
-                uid=None,
-                umd_json=b"null",
-                store_seconds=request.store_seconds,
-                exclude=None,
-                trigger=trigger,
-                dedup_id=dedup or None,
-                emit_event=request.emit_event,
-            )
-        )
+        return self.enqueue(server_publication(request, trigger=trigger))
 
     def enqueue(self, pub: Publication) -> asyncio.Future[PublishResult]:
         """Queue a publication in its channel lane; its ID is minted when the lane processes
-        it."""
+        it, unless it already has one (an eager ID given when it was scheduled)."""
         future = asyncio.get_running_loop().create_future()
         self._enqueue(pub, future)
         return future
@@ -234,12 +226,15 @@ class Publisher:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
-    # Private methods
+    def client_publication(
+        self, conn: Connection, channel_sent: Any, event: Any, data: Any, *, trigger: str
+    ) -> tuple[str, Publication, Permissions]:
+        """Validate and authorise a client message (spec §8 steps 1-2) without queueing it:
+        the channel as sent, the publication, and the permissions that allowed it.
 
-    def _client_publication(
-        self, conn: Connection, channel_sent: Any, event: Any, data: Any, trigger: str
-    ) -> tuple[str, Publication]:
-        """``(the channel as sent, the publication)``; raises ``ProtocolError`` for refusals."""
+        Raises:
+            ProtocolError: the message is refused; ``.channel`` is the name as sent.
+        """
         sent, channel = resolve_sent(conn, channel_sent)
         try:
             event = validate_event(event)
@@ -257,7 +252,7 @@ class Publisher:
                 channel=sent,
             )
         uid, umd_json = (sub.uid, sub.umd_json) if sub is not None else (conn.uid, dumps(conn.umd))
-        return sent, Publication(
+        pub = Publication(
             channel=channel,
             event=event,
             data_json=data_json,
@@ -272,10 +267,13 @@ class Publisher:
             user_agent=conn.user_agent,
             emit_event=policy.emit_event,
         )
+        return sent, pub, perms
+
+    # Private methods
 
     def _enqueue(self, pub: Publication, future: asyncio.Future[PublishResult] | None) -> None:
         pub.created_ms = now_ms()
-        if pub.emit_event:
+        if pub.emit_event and not pub.request_id:
             pub.request_id = new_ulid(pub.created_ms)
         lane = self._lanes.get(pub.channel)
         if lane is None:
@@ -327,7 +325,7 @@ class Publisher:
             stamp = now_ms()
             deliveries = []
             for pub, _ in batch:
-                pub.id = mint(stamp)
+                pub.id = pub.id or mint(stamp)
                 deliveries.append(
                     Delivery(
                         protocol.message_frame(
@@ -412,7 +410,7 @@ class Publisher:
         original message's ID and goes no further."""
         live: list[Pending] = []
         for pub, future in batch:
-            pub.id = mint(now_ms())
+            pub.id = pub.id or mint(now_ms())
             if pub.claims_in_broker:
                 try:
                     original = await self._broker.claim_once(
@@ -543,6 +541,24 @@ class Publisher:
                     await self._broker.release(f"dedup:{pub.dedup_id}", pub.id)
                 except Exception:
                     log.exception("! could not release deduplication claim")
+
+
+def server_publication(request: ServerPublish, *, trigger: str = "server.http") -> Publication:
+    """The publication of a validated ``POST /publish`` message."""
+    dedup = request.deduplication_id
+    return Publication(
+        channel=request.channel,
+        event=request.event,
+        data_json=request.data_json,
+        meta_json=None,
+        uid=None,
+        umd_json=b"null",
+        store_seconds=request.store_seconds,
+        exclude=None,
+        trigger=trigger,
+        dedup_id=dedup or None,
+        emit_event=request.emit_event,
+    )
 
 
 def report_failure(

@@ -43,13 +43,25 @@ async def _list_messages(hub: Hub, conn: Connection, body: dict[str, Any]) -> tu
 
 async def _publish_message(hub: Hub, conn: Connection, body: dict[str, Any]) -> tuple[int, bytes]:
     eager = flag(body, "eagerIdGeneration")
-    refuse_schedule(body)
     if body.get("event") == REACTION_EVENT:
+        refuse_schedule(body, "a reaction")
         future = await hub.react_client(
             conn, body.get("channel"), body.get("data"), trigger="client.http"
         )
         result = await future
         return 202, dumps({"channel": result.channel, "event": REACTION_EVENT})
+    if body.get("scheduleExpression") is not None:
+        result = await hub.schedule_client(
+            conn,
+            body.get("channel"),
+            body.get("event"),
+            body.get("data"),
+            body.get("scheduleExpression"),
+            body.get("scheduleExpressionTimezone"),
+            trigger="client.http",
+            eager=eager,
+        )
+        return 202, dumps(result_body(result, eager))
     future = hub.publish_client(
         conn, body.get("channel"), body.get("event"), body.get("data"), trigger="client.http"
     )
@@ -72,7 +84,7 @@ async def _storage_set(hub: Hub, conn: Connection, body: dict[str, Any]) -> tupl
     write = hub.prepare_storage_client(
         conn, body.get("channel"), body.get("key"), body.get("data"), trigger="client.http"
     )
-    refuse_schedule(body)
+    refuse_schedule(body, "a storage write")
     result = await hub.write_storage(write)
     return 202, dumps({"channel": result.channel, "event": STORAGE_SET_EVENT})
 

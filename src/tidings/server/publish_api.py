@@ -10,6 +10,7 @@ from aiohttp import web
 from tidings._refusals import refusals
 from tidings.core.reactions import REACTION_EVENT
 from tidings.core.requests import ServerPublish, parse_server_publish, refuse_schedule
+from tidings.core.schedule import schedule_arn
 from tidings.core.storage import STORAGE_SET_EVENT, parse_server_storage
 from tidings.errors import ErrorCode, ProtocolError, wire_error
 from tidings.hub.hub import Hub, PublishResult
@@ -23,10 +24,13 @@ routes = web.RouteTableDef()
 
 
 def result_body(result: PublishResult, eager: bool) -> dict[str, Any]:
-    """A 202 answer: the message ID only when ``eagerIdGeneration`` asked for it."""
+    """A 202 answer: the message ID only when ``eagerIdGeneration`` asked for it, the
+    ``scheduleArn`` only when scheduled (spec §14, §15)."""
     body: dict[str, Any] = {"channel": result.channel, "event": result.event}
     if eager:
         body["id"] = result.id
+    if result.schedule_id is not None:
+        body["scheduleArn"] = schedule_arn(result.schedule_id)
     return body
 
 
@@ -54,11 +58,12 @@ async def _publish(hub: Hub, body: Any) -> web.Response:
     if isinstance(body, list):
         return await _publish_many(hub, body)
     if isinstance(body, dict) and body.get("event") == REACTION_EVENT:
+        refuse_schedule(body, "a reaction")
         result = await (await hub.react_server(body))
         return json_response({"channel": result.channel, "event": REACTION_EVENT}, status=202)
     if isinstance(body, dict) and body.get("event") == STORAGE_SET_EVENT:
         write = parse_server_storage(body)
-        refuse_schedule(body)
+        refuse_schedule(body, "a storage write")
         stored = await hub.write_storage(write)
         return json_response({"channel": stored.channel, "event": STORAGE_SET_EVENT}, status=202)
     message = parse_server_publish(body)

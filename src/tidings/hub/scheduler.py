@@ -1,0 +1,297 @@
+"""Scheduled messages (spec §14): accepting them into the store, and the one loop per node
+that claims due schedules and hands them to their channel lanes.
+
+::
+
+    accept (client or server) ──▶ validate, authorise, scheduleBefore ──▶ store.add_schedules
+                                                                            (group commit)
+    loop: next = store.next_schedule_ms()          one index lookup
+          sleep until next, a local insert due sooner, or the poll interval
+          claim_schedules(now, lease)              atomic across nodes (SKIP LOCKED / IMMEDIATE)
+          → Publisher.enqueue(each)                ID, subscribers, storage and events *now*
+          → complete_schedules(ran)
+
+Nothing per schedule lives in memory: the node keeps only the next due time, so pending
+schedules cost their rows in the store. A claim holds its schedules for a lease; if this node
+dies after claiming, another runs them once the lease ends. The poll interval bounds how late
+a node notices a schedule another node accepted (or left behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from tidings.core.ids import new_ulid
+from tidings.core.requests import ServerPublish
+from tidings.core.schedule import check_schedule_before, parse_at
+from tidings.errors import UNAVAILABLE, ProtocolError
+from tidings.hub._common import now_ms
+from tidings.hub.connection import Connection
+from tidings.hub.publishing import Publication, Publisher, PublishResult, server_publication
+from tidings.store.base import ScheduleRecord, Store
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("tidings.hub")
+
+MESSAGE = "message"  # ScheduleRecord.kind of a scheduled channel message
+
+
+class Scheduler:
+    """Accepts scheduled messages and runs them when due, once across the cluster."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        publisher: Publisher,
+        poll_seconds: float = 1.0,
+        lease_ms: int = 60_000,
+        batch: int = 500,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._poll_seconds = poll_seconds  # longest sleep: how soon other nodes' work is seen
+        self._lease_ms = lease_ms  # how long a claim keeps its schedules from other nodes
+        self._batch = batch  # schedules claimed (and run concurrently) at once
+        self._wake = asyncio.Event()  # set by an insert due before the loop's planned wake-up
+        self._wake_at_ms = 0  # when the sleeping loop means to look again (Unix ms)
+        self._adds: list[tuple[ScheduleRecord, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None  # group-commits pending adds
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.ran = 0  # schedules this node ran
+
+    # Accepting
+
+    async def schedule_client(
+        self,
+        conn: Connection,
+        channel_sent: Any,
+        event: Any,
+        data: Any,
+        expression: Any,
+        timezone: Any,
+        *,
+        trigger: str,
+        eager: bool = False,
+    ) -> PublishResult:
+        """A client message with a ``scheduleExpression``: checked like an immediate one
+        (spec §8), then against ``scheduleBefore`` (request time only), then stored.
+
+        Raises:
+            ProtocolError: refused (``INVALID_SCHEDULE``, ``SCHEDULE_PERMISSION_DENIED``, or any
+                refusal of an immediate message); ``.channel`` is the name as sent.
+        """
+        sent, pub, perms = self._publisher.client_publication(
+            conn, channel_sent, event, data, trigger=trigger
+        )
+        try:
+            due_ms = parse_at(expression, timezone)
+            check_schedule_before(due_ms, perms.schedule_before(pub.channel, pub.event), now_ms())
+        except ProtocolError as exc:
+            exc.channel = sent
+            raise
+        return await self._accept(pub, due_ms, eager)
+
+    async def schedule_server(self, request: ServerPublish) -> PublishResult:
+        """A validated ``POST /publish`` message with a due time; servers need no permission.
+        Its ``deduplicationId`` is claimed when it runs."""
+        assert request.due_ms is not None  # the caller routes only scheduled requests here
+        return await self._accept(server_publication(request), request.due_ms, request.eager)
+
+    async def cancel(self, schedule_id: str) -> bool:
+        """``DELETE /schedules/{id}``: False when unknown, already run, or running."""
+        return await self._store.delete_schedule(schedule_id, now_ms=now_ms())
+
+    # The loop
+
+    def start(self) -> None:
+        """Start the loop; overdue schedules (a restart, a dead node) run at once."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tidings-scheduler")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming; a batch already claimed gets ``timeout`` seconds to finish (what is
+        cut short runs again elsewhere when its lease ends)."""
+        self._stopping = True
+        self._wake.set()
+        task = self._task
+        if task is None:
+            return
+        done, _ = await asyncio.wait([task], timeout=timeout)
+        if not done:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    # Private methods
+
+    async def _accept(self, pub: Publication, due_ms: int, eager: bool) -> PublishResult:
+        accepted = now_ms()
+        if eager:
+            pub.id = new_ulid(max(due_ms, 0))  # spec §22.34: the scheduled instant as its time
+        if pub.emit_event:
+            pub.request_id = new_ulid(accepted)
+        record = ScheduleRecord(
+            id=new_ulid(accepted),
+            due_ms=due_ms,
+            kind=MESSAGE,
+            channel=pub.channel,
+            payload=_payload(pub),
+            created_ms=accepted,
+        )
+        await self._add(record)
+        return PublishResult(pub.channel, pub.event, pub.id, schedule_id=record.id)
+
+    async def _add(self, record: ScheduleRecord) -> None:
+        """Persist one schedule, sharing a store call with the others waiting; returns once it
+        is durable, and wakes the loop if it is due before the loop meant to look."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._adds.append((record, future))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_adds())
+        await future
+        if record.due_ms < self._wake_at_ms:
+            self._wake.set()
+
+    async def _flush_adds(self) -> None:
+        try:
+            while self._adds:
+                batch, self._adds = self._adds, []
+                try:
+                    await self._store.add_schedules([record for record, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            # in the same step that saw _adds empty, so a later add starts a new flusher
+            self._flusher = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._step()
+            except Exception as exc:
+                if isinstance(exc, UNAVAILABLE):
+                    log.warning("! scheduler cannot reach the store: %s", exc)
+                else:
+                    log.exception("! scheduler step failed")
+                await self._sleep(self._poll_seconds)
+
+    async def _step(self) -> None:
+        now = now_ms()
+        next_ms = await self._store.next_schedule_ms()
+        if next_ms is not None and next_ms <= now:
+            batch = await self._store.claim_schedules(
+                now_ms=now, limit=self._batch, lease_ms=self._lease_ms
+            )
+            if batch:
+                await self._execute(batch)
+                return
+            # another node holds them (its claim is still committing): look again shortly
+            await self._sleep(min(self._poll_seconds, 0.05))
+            return
+        delay = self._poll_seconds
+        if next_ms is not None:
+            delay = min(delay, (next_ms - now) / 1000)
+        await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping:
+            return
+        self._wake_at_ms = now_ms() + int(seconds * 1000)
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._wake.clear()
+            self._wake_at_ms = 0
+
+    async def _execute(self, batch: list[ScheduleRecord]) -> None:
+        """Run claimed schedules concurrently (each in its channel's lane), then forget those
+        that ran; a failed one stays claimed and runs again when its lease ends."""
+        started: list[tuple[ScheduleRecord, asyncio.Future[PublishResult]]] = []
+        for record in batch:
+            if record.kind != MESSAGE:
+                log.error(
+                    "! schedule %s has unknown kind %r; left in place", record.id, record.kind
+                )
+                continue
+            try:
+                pub = _publication(record)
+            except (ValueError, KeyError, TypeError):
+                log.exception("! schedule %s has a malformed payload; dropped", record.id)
+                await self._store.complete_schedules([record.id])
+                continue
+            started.append((record, self._publisher.enqueue(pub)))
+        outcomes = await asyncio.gather(*(f for _, f in started), return_exceptions=True)
+        ran: list[str] = []
+        for (record, _), outcome in zip(started, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning(
+                    "! schedule %s on %s failed (retried after its lease): %s",
+                    record.id,
+                    record.channel,
+                    outcome,
+                )
+            else:
+                ran.append(record.id)
+        if ran:
+            await self._store.complete_schedules(ran)
+            self.ran += len(ran)
+
+
+# A scheduled message keeps everything its acceptance decided (meta, echo, trigger, storage,
+# events, request metadata); data and meta stay the exact JSON text they were.
+def _payload(pub: Publication) -> str:
+    return orjson.dumps(
+        {
+            "event": pub.event,
+            "data": pub.data_json.decode(),
+            "meta": None if pub.meta_json is None else pub.meta_json.decode(),
+            "uid": pub.uid,
+            "umd": pub.umd_json.decode(),
+            "store": pub.store_seconds,
+            "exclude": pub.exclude,
+            "trigger": pub.trigger,
+            "connectionId": pub.connection_id,
+            "sourceIp": pub.source_ip,
+            "userAgent": pub.user_agent,
+            "dedup": pub.dedup_id,
+            "emit": pub.emit_event,
+            "requestId": pub.request_id,
+            "id": pub.id,
+        }
+    ).decode()
+
+
+def _publication(record: ScheduleRecord) -> Publication:
+    p = orjson.loads(record.payload)
+    meta = p["meta"]
+    return Publication(
+        channel=record.channel,
+        event=p["event"],
+        data_json=p["data"].encode(),
+        meta_json=None if meta is None else meta.encode(),
+        uid=p["uid"],
+        umd_json=p["umd"].encode(),
+        store_seconds=p["store"],
+        exclude=p["exclude"],
+        trigger=p["trigger"],
+        connection_id=p["connectionId"],
+        source_ip=p["sourceIp"],
+        user_agent=p["userAgent"],
+        dedup_id=p["dedup"],
+        emit_event=p["emit"],
+        request_id=p["requestId"],
+        id=p["id"],
+    )
