@@ -41,11 +41,11 @@ class FlakyStore(MemoryStore):
             raise StoreUnavailable("down for a moment")
         return await super().next_schedule_ms()
 
-    async def append(self, records: Sequence[MessageRecord]) -> None:
+    async def append(self, records: Sequence[MessageRecord]) -> list[str]:
         if self.fail_append:
             self.fail_append -= 1
             raise StoreUnavailable("cannot write now")
-        await super().append(records)
+        return await super().append(records)
 
     async def add_schedules(self, records: Sequence[ScheduleRecord]) -> None:
         if self.fail_add:
