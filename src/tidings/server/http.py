@@ -92,6 +92,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return error_response(ErrorCode.INVALID_MESSAGE, exc.reason, status=exc.status)
+    except ConnectionResetError:
+        # the client went away mid-answer (an abort during the WebSocket handshake): expected,
+        # and nobody is left to read a reply
+        log.debug("x client left during %s %s", request.method, request.path)
+        return error_response(ErrorCode.INVALID_MESSAGE, "client went away", status=400)
     except Exception as exc:
         log.exception("! unexpected failure on %s %s", request.method, request.path)
         return error_response(*wire_error(exc))
