@@ -68,10 +68,10 @@ def _token(claims: dict[str, Any]) -> str:
     return jwt.encode({"alg": "HS256", "typ": "JWT"}, body, OctKey.import_key(SECRET))
 
 
-async def _measure(shape: str, messages: int, repeat: int) -> dict[str, float]:
+async def _measure(shape: str, messages: int, repeat: int, broker_url: str) -> dict[str, float]:
     import orjson
 
-    from tidings.broker.memory import MemoryBroker
+    from tidings.broker import open_broker
     from tidings.config import AuthSettings, BackendSettings, Secret, Settings, SigningKeySetting
     from tidings.hub.hub import Hub
     from tidings.store.memory import MemoryStore
@@ -84,7 +84,10 @@ async def _measure(shape: str, messages: int, repeat: int) -> dict[str, float]:
         ),
         backends=BackendSettings(store="memory://"),
     )
-    hub = Hub(settings=settings, store=MemoryStore(), broker=MemoryBroker())
+    prefix = f"tidings-bench-micro-{os.getpid()}:"
+    if broker_url.startswith("redis://"):
+        broker_url += ("&" if "?" in broker_url else "?") + f"prefix={prefix}"
+    hub = Hub(settings=settings, store=MemoryStore(), broker=open_broker(broker_url))
     await hub.start()
     sub_claims = {"channels": {"room.*": {"subscribe": True}}}
     pub_claims = {"channels": {"room.*": {"messages": {"chat": {"broadcast": True}}}}}
@@ -127,6 +130,8 @@ async def _measure(shape: str, messages: int, repeat: int) -> dict[str, float]:
         best = min(best, time.process_time() - t0)
         assert sum(o.bytes for o in outlets) > before, "nothing was delivered"
     await hub.drain()
+    if broker_url.startswith("redis://"):
+        _delete_prefix(broker_url, prefix)
     deliveries = messages * per_room
     return {
         "us_per_message": best / messages * 1e6,
@@ -134,13 +139,27 @@ async def _measure(shape: str, messages: int, repeat: int) -> dict[str, float]:
     }
 
 
-def _child(shape: str, messages: int, repeat: int, src: str | None) -> dict[str, float]:
+def _delete_prefix(url: str, prefix: str) -> None:
+    """Remove this run's keys from the shared Redis (nothing else is touched)."""
+    import redis
+
+    r = redis.Redis.from_url(url.split("?")[0])
+    pattern = prefix.replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + "*"
+    keys = list(r.scan_iter(match=pattern, count=1000))
+    for i in range(0, len(keys), 500):
+        r.delete(*keys[i : i + 500])
+    r.close()
+
+
+def _child(
+    shape: str, messages: int, repeat: int, src: str | None, broker: str
+) -> dict[str, float]:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
     out = subprocess.run(
         [sys.executable, __file__, "--child", shape, "--messages", str(messages)]
-        + ["--repeat", str(repeat)],
+        + ["--repeat", str(repeat), "--broker", broker],
         env=env,
         check=True,
         capture_output=True,
@@ -157,10 +176,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of, within one process")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved processes per variant")
     ap.add_argument("--tidings-src", help="another checkout's src/, measured as 'base'")
+    ap.add_argument(
+        "--broker",
+        default="memory://",
+        help="broker URL; redis://… gets a fresh key prefix, deleted afterwards",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(_measure(args.child, args.messages, args.repeat))))
+        result = asyncio.run(_measure(args.child, args.messages, args.repeat, args.broker))
+        print(json.dumps(result))
         return
     variants: dict[str, str | None] = {"this": None}
     if args.tidings_src:
@@ -178,7 +203,9 @@ def main() -> None:
             order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
             for v in order:
                 got[v].append(
-                    _child(shape, args.messages, args.repeat, variants[v])["us_per_message"]
+                    _child(shape, args.messages, args.repeat, variants[v], args.broker)[
+                        "us_per_message"
+                    ]
                 )
         rooms, per_room, _, per_turn = SHAPES[shape]
         base = min(got["base"]) if "base" in got else None

@@ -50,6 +50,7 @@ from common import (
     cpu_plan,
     pin_self,
     proc_cpu_seconds,
+    proc_sched,
     raise_nofile,
     self_cpu_seconds,
     tidings_command,
@@ -348,6 +349,7 @@ def _run_one(
             gen.run(msg_rate, args.warmup)
             before = gen.run(0, 0.05)
             cpu0 = proc_cpu_seconds(srv.pid)
+            wait0 = proc_sched(srv.pid)[1]
             spy = profiling.start(srv.pid, profile, args.duration) if profile else None
             t0 = time.monotonic()
             after = gen.run(msg_rate, args.duration)
@@ -355,6 +357,7 @@ def _run_one(
             # closes here too, so both sides stop at the same moment
             elapsed = time.monotonic() - t0
             cpu = proc_cpu_seconds(srv.pid) - cpu0
+            wait = proc_sched(srv.pid)[1] - wait0
         finally:
             gen.stop()
         if spy is not None:
@@ -370,6 +373,7 @@ def _run_one(
         "deliveries_s": delivered / elapsed,
         "us_per_delivery": cpu / delivered * 1e6 if delivered else float("nan"),
         "server_cpu_pct": cpu / elapsed * 100,
+        "server_wait_pct": wait / elapsed * 100,
         "loadgen_cpu_pct": (after["cpu"] - before["cpu"]) / elapsed * 100,
         "p50_ms": after["p50_us"] / 1000,
         "p99_ms": after["p99_us"] / 1000,
@@ -431,7 +435,8 @@ def main() -> None:
                 print(
                     f"[{rep}] {r['server']:>13} {shape.label:>10} offered {rate:>9,.0f}/s → "
                     f"{r['deliveries_s']:>9,.0f}/s, {r['us_per_delivery']:.2f} µs/delivery, "
-                    f"server {r['server_cpu_pct']:.0f} %, loadgen {r['loadgen_cpu_pct']:.0f} %, "
+                    f"server {r['server_cpu_pct']:.0f} % (+{r['server_wait_pct']:.0f} % waiting), "
+                    f"loadgen {r['loadgen_cpu_pct']:.0f} %, "
                     f"p50 {r['p50_ms']:.1f} ms, closed {r['closed']:.0f}",
                     file=sys.stderr,
                 )
@@ -453,7 +458,8 @@ def _report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         "ratios are to the first server's median in the same run.",
         "",
         "| shape (channels × subscribers) | server | offered deliveries/s | deliveries/s "
-        "| server CPU µs/delivery | ratio deliveries/s | ratio µs/delivery | server CPU % "
+        "| server CPU µs/delivery | ratio deliveries/s | ratio µs/delivery "
+        "| server CPU % (+ waiting) "
         "| loadgen CPU % | p50 / p99 ms | errors | closed |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -474,6 +480,7 @@ def _report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                 f"| {shape} | {name} | {rate:,.0f} | {_spread(d, ',.0f')} | {_spread(u, '.2f')} "
                 f"| {statistics.median(d) / ref['d']:.2f} | {statistics.median(u) / ref['u']:.2f} "
                 f"| {statistics.median(r['server_cpu_pct'] for r in rs):.0f} "
+                f"(+{statistics.median(r['server_wait_pct'] for r in rs):.0f}) "
                 f"| {statistics.median(r['loadgen_cpu_pct'] for r in rs):.0f} "
                 f"| {p50:.1f} / {p99:.1f} | {int(sum(r['errors'] for r in rs))} "
                 f"| {int(sum(r['closed'] for r in rs))} |"

@@ -102,7 +102,31 @@ def test_wildcard_key_is_fast_on_adversarial_names() -> None:
 def test_wildcard_key_refused_when_too_large_to_compile() -> None:
     """A wildcard whose program exceeds RE2's memory budget is refused, not truncated."""
     with pytest.raises(TokenError, match="too large"):
-        compile_key("a" * 1_000_000 + "*")
+        compile_key("a" * 1_000_000 + "*b*")
+
+
+def test_one_star_wildcard_needs_no_program_and_agrees_with_re2() -> None:
+    """A one-star key is a prefix and suffix test (no size limit), and selects exactly the
+    names the RE2 program of the same key does, overlapping prefix and suffix included."""
+    import itertools
+
+    import re2
+
+    assert key("a" * 1_000_000 + "*").matches("a" * 1_000_001)
+    alphabet = ["a", "b", ".", "\n"]
+    for size in range(4):
+        for parts in itertools.product(alphabet, repeat=size):
+            text = "".join(parts)
+            for cut in range(len(text) + 1):
+                source = text[:cut] + "*" + text[cut:]
+                program = re2.compile(
+                    re2.escape(text[:cut]) + ".*" + re2.escape(text[cut:]),
+                    patterns._options(dot_nl=True),
+                )
+                for n in range(4):
+                    for name in map("".join, itertools.product(alphabet, repeat=n)):
+                        expected = program.fullmatch(name) is not None
+                        assert key(source).matches(name) is expected, (source, name)
 
 
 # Regex keys

@@ -123,7 +123,17 @@ def compile_key(key: str) -> Pattern | None:
         return Pattern(key, PatternKind.EXACT, key.__eq__)
     # Consecutive stars mean the same as one; collapsing them keeps the program small.
     first, *middle, last = key.split("*")
-    expression = ".*".join(re2.escape(part) for part in (first, *filter(None, middle), last))
+    middle = [part for part in middle if part]
+    if not middle:
+        # one star (the common ``room.*``): a prefix and a suffix test, linear like RE2 and
+        # several times cheaper than a call into it, which every message to a random room pays
+        least = len(first) + len(last)
+        return Pattern(
+            key,
+            PatternKind.WILDCARD,
+            lambda name: len(name) >= least and name.startswith(first) and name.endswith(last),
+        )
+    expression = ".*".join(re2.escape(part) for part in (first, *middle, last))
     try:
         regexp = re2.compile(expression, _options(dot_nl=True))
     except re2.error as exc:
