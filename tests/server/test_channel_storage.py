@@ -537,3 +537,23 @@ async def test_entries_survive_a_restart(start_server: StartServer, tmp_path: Pa
     observer = await second.connect(lobby("o"))
     await observer.subscribe(GAME)
     assert await observer.recv() == updated("settings", {"maxPlayers": 4})
+
+
+async def test_the_periodic_sweeper_announces_expiry(
+    start_server: StartServer, receiver: Receiver
+) -> None:
+    """Without anyone calling it, the node's sweeper finds the expired entry and emits its
+    ``expired: true`` event once."""
+    server = await start_server(
+        webhooks=(WebhookSetting(receiver.url, (Secret(SECRET),)),),
+        backoff_seconds=(0.05,) * 5,
+        sweep_interval_seconds=0.1,
+    )
+    await server_set(server, "k", "v", store=1, emitPubSubEvent=True)
+    events = await receiver.wait_for("hotsock.channelStorageUpdated", 2)
+    [expired] = [e for e in events if e["data"]["expired"]]  # webhooks are unordered
+    assert expired["data"]["dataPrevious"] == "v" and expired["data"]["data"] is None
+    assert expired["metadata"]["trigger"] == "server.http"
+    assert await server.hub._store.get_storage(GAME, "k", now_ms=0) is None  # deleted
+    await asyncio.sleep(300 * MS)
+    assert len(receiver.of("hotsock.channelStorageUpdated")) == 2
