@@ -74,6 +74,7 @@ class LimitSettings:
     max_frame_bytes: int = 128 * 1024  # inbound frame size; larger closes with 1009
     max_body_bytes: int = 256 * 1024  # HTTP request body; larger gets 413
     presence_max_bytes: int = 102_400  # serialized members of one presence channel (spec §7)
+    resume_max_messages: int = 1000  # the longest gap a resumeFrom replays (spec §24.1)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,11 @@ class Settings:
                 ),
                 queue_max_bytes=_int(
                     v.get("queue_max_bytes", d.limits.queue_max_bytes), "QUEUE_MAX_BYTES", 1024
+                ),
+                resume_max_messages=_int(
+                    v.get("resume_max_messages", d.limits.resume_max_messages),
+                    "RESUME_MAX_MESSAGES",
+                    0,
                 ),
             ),
             timeouts=TimeoutSettings(

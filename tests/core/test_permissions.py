@@ -123,6 +123,21 @@ def test_grants_parse_refuses_non_numeric_history_start(value: Any) -> None:
         grants({"c": {"historyStart": value}})
 
 
+@pytest.mark.parametrize("value", [-1, STORE_MAX_SECONDS + 1, 1.5, "60", True])
+def test_grants_parse_refuses_bad_resume(value: Any) -> None:
+    """resume (tidings extension) is an integer number of seconds in 0..3155695200."""
+    with pytest.raises(TokenError, match="resume must be"):
+        grants({"c": {"resume": value}})
+
+
+def test_permissions_resume_seconds_layers_and_defaults_to_zero() -> None:
+    """resume resolves like historyStart: the subscribe token's value wins; undefined is 0."""
+    assert perms({"c": {}}).resume_seconds("c") == 0
+    assert perms({"c": {"resume": STORE_MAX_SECONDS}}).resume_seconds("c") == STORE_MAX_SECONDS
+    assert perms({"c": {"resume": 60}}, {"c": {"resume": 5}}).resume_seconds("c") == 5
+    assert perms({"c": {"resume": 60}}, {"c": {}}).resume_seconds("c") == 60
+
+
 def test_grants_parse_refuses_non_finite_numeric_date() -> None:
     """Infinity (reachable from Python callers) is not a NumericDate."""
     with pytest.raises(TokenError, match="finite"):

@@ -22,6 +22,14 @@ from tidings.errors import ErrorCode, ProtocolError
             protocol.Subscribe("c", "t"),
         ),
         ('{"event":"hotsock.subscribe","channel":"c","data":{}}', protocol.Subscribe("c", None)),
+        (
+            '{"event":"hotsock.subscribe","channel":"c","data":{"resumeFrom":7}}',
+            protocol.Subscribe("c", None, resume=True, resume_from=7),
+        ),
+        (
+            '{"event":"hotsock.subscribe","channel":"c","data":{"resumeFrom":null,"token":"t"}}',
+            protocol.Subscribe("c", "t", resume=True, resume_from=None),
+        ),
         ('{"event":"hotsock.unsubscribe","channel":"c"}', protocol.Unsubscribe("c")),
         ('{"channel":"c","event":"e","data":[1]}', protocol.ClientMessage("c", "e", [1])),
         ('{"event":"e"}', protocol.ClientMessage(None, "e", None)),
@@ -117,6 +125,10 @@ def test_server_frames_are_compact_json() -> None:
     assert protocol.subscribed_frame("c", uid=None, umd=None, alias="a", members=[], auto=True) == (
         b'{"event":"hotsock.subscribed","channel":"c","data":{"members":[],"autoSubscribed":true},'
         b'"meta":{"channelAlias":"a","uid":null,"umd":null}}'
+    )
+    assert protocol.subscribed_frame("c", uid=None, umd=None, resumed=True, replayed=3) == (
+        b'{"event":"hotsock.subscribed","channel":"c","data":{"resumed":true,"replayed":3},'
+        b'"meta":{"uid":null,"umd":null}}'
     )
     assert protocol.unsubscribed_frame("c", uid="u", umd=1, alias=None) == (
         b'{"event":"hotsock.unsubscribed","channel":"c","data":{},"meta":{"uid":"u","umd":1}}'

@@ -9,9 +9,9 @@ Resolution, for a channel name (and an event or storage key for two-level direct
 * every entry whose key matches takes part, whatever its order or specificity;
 * **booleans**: any explicit ``false`` wins; else ``true`` if any entry says ``true``; else
   undefined (None), which the caller turns into the directive's default;
-* **scalars** (``historyStart``, ``store``, ``scheduleBefore``): the most specific entry that sets
-  the directive wins (:attr:`Pattern.specificity`, channel key first, then the event or storage
-  key), ties going to the entry that comes first in the token;
+* **scalars** (``historyStart``, ``resume``, ``store``, ``scheduleBefore``): the most specific
+  entry that sets the directive wins (:attr:`Pattern.specificity`, channel key first, then the
+  event or storage key), ties going to the entry that comes first in the token;
 * **layering**: a directive the subscribe token's matching entries define is resolved over those
   entries alone; otherwise over the connect token's.
 
@@ -126,6 +126,9 @@ class Grants:
             history_start = _numeric_date(directives, "historyStart", where, math.ceil)
             if history_start is not None:
                 values["historyStart"] = history_start
+            resume = _resume(directives, where)
+            if resume is not None:
+                values["resume"] = resume
             alias = directives.get("alias")
             if alias is not None:
                 if not pattern.is_exact:
@@ -164,7 +167,8 @@ class Grants:
         return _resolve_flag(e.flags[name] for _, e in self._matching(channel) if name in e.flags)
 
     def channel_value(self, channel: str, name: str) -> int | None:
-        """Resolve a scalar channel directive (``historyStart``): most specific entry wins."""
+        """Resolve a scalar channel directive (``historyStart``, ``resume``): most specific entry
+        wins."""
         return _resolve_value(
             ((*e.pattern.specificity, i), e.values[name])
             for i, e in self._matching(channel)
@@ -341,6 +345,11 @@ class Permissions:
         """The ``historyStart`` in force (Unix seconds), or None for "subscription start"."""
         return self._layered(lambda g: g.channel_value(channel, "historyStart"))
 
+    def resume_seconds(self, channel: str) -> int:
+        """The ``resume`` directive in force (seconds before the subscription a ``resumeFrom``
+        may reach when no ``historyStart`` is set; a tidings extension), 0 when undefined."""
+        return self._layered(lambda g: g.channel_value(channel, "resume")) or 0
+
     def can_publish(self, channel: str, event: str, *, subscribed: bool) -> bool:
         """Whether ``event`` may be published to ``channel`` (spec §3.12).
 
@@ -504,6 +513,17 @@ def _numeric_date(
         if not math.isfinite(value):
             raise TokenError(f"{where}.{name} must be a finite number")
         return to_int(value)
+    return value
+
+
+def _resume(directives: Mapping[str, object], where: str) -> int | None:
+    value = directives.get("resume")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TokenError(f"{where}.resume must be an integer")
+    if not 0 <= value <= STORE_MAX_SECONDS:
+        raise TokenError(f"{where}.resume must be 0..{STORE_MAX_SECONDS}")
     return value
 
 

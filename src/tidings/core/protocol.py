@@ -40,6 +40,8 @@ __all__ = [
 class Subscribe:
     channel: str  # as the client sent it (may be an alias)
     token: str | None
+    resume: bool = False  # ``data.resumeFrom`` was sent (tidings extension, spec §24.1)
+    resume_from: Any = None  # its value, unchecked: a bad one is never an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,11 @@ def parse_client_frame(text: str | bytes) -> Command:
             raise ProtocolError(ErrorCode.INVALID_CHANNEL, "channel is required")
         if event == "hotsock.unsubscribe":
             return Unsubscribe(channel)
-        return Subscribe(channel, _subscribe_token(frame.get("data"), channel))
+        data = frame.get("data")
+        token = _subscribe_token(data, channel)
+        if isinstance(data, dict) and "resumeFrom" in data:
+            return Subscribe(channel, token, resume=True, resume_from=data["resumeFrom"])
+        return Subscribe(channel, token)
     if event == "hotsock.messageReaction":
         return MessageReaction(channel, frame.get("data"))
     if event == "hotsock.umdUpdate":
@@ -241,12 +247,18 @@ def subscribed_frame(
     alias: str | None = None,
     members: list[dict[str, Any]] | None = None,
     auto: bool = False,
+    resumed: bool | None = None,
+    replayed: int = 0,
 ) -> bytes:
+    """``resumed`` is None unless the subscribe asked to resume (spec §24.1)."""
     data: dict[str, Any] = {}
     if members is not None:
         data["members"] = members
     if auto:
         data["autoSubscribed"] = True
+    if resumed is not None:
+        data["resumed"] = resumed
+        data["replayed"] = replayed
     return dumps(
         {
             "event": "hotsock.subscribed",

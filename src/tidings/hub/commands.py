@@ -106,7 +106,13 @@ class Commands:
         )
 
     async def _subscribe(self, conn: Connection, command: protocol.Subscribe) -> None:
-        await self._subscriptions.subscribe(conn, command.channel, command.token)
+        await self._subscriptions.subscribe(
+            conn,
+            command.channel,
+            command.token,
+            resume=command.resume,
+            resume_from=command.resume_from,
+        )
 
     async def _unsubscribe(self, conn: Connection, command: protocol.Unsubscribe) -> None:
         await self._subscriptions.unsubscribe(conn, command.channel)

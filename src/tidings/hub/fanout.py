@@ -5,26 +5,52 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from tidings.broker.base import Delivery
-from tidings.hub.connection import Connection
+from tidings.hub.connection import Subscription
 from tidings.hub.outbound import Batch, Frame
 
-__all__ = ["Fanout"]
+__all__ = ["Fanout", "Receiver"]
+
+
+class Receiver(Protocol):
+    """What the fan-out hands frames to: a ``Connection``, or what stands in for one while its
+    subscription resumes (``hub/recovery.py``)."""
+
+    id: str
+    last_activity: float
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]: ...
+
+    def send_many(self, frames: Sequence[Frame]) -> None: ...
 
 
 class Fanout:
     """Channel → local subscribers. Only the hub's subscription code changes it."""
 
     def __init__(self) -> None:
-        self._channels: dict[str, dict[str, Connection]] = {}  # channel -> conn ID -> conn
-        self._corked: dict[Connection, list[Frame]] | None = None
+        self._channels: dict[str, dict[str, Receiver]] = {}  # channel -> conn ID -> receiver
+        self._corked: dict[Receiver, list[Frame]] | None = None
         self.frames_delivered = 0
 
-    def add(self, channel: str, conn: Connection) -> None:
+    def add(self, channel: str, conn: Receiver) -> None:
         self._channels.setdefault(channel, {})[conn.id] = conn
 
-    def remove(self, channel: str, conn: Connection) -> bool:
+    def holds(self, channel: str, receiver: Receiver) -> bool:
+        local = self._channels.get(channel)
+        return local is not None and local.get(receiver.id) is receiver
+
+    def replace(self, channel: str, old: Receiver, new: Receiver) -> bool:
+        """Put ``new`` in ``old``'s place, unless ``old`` was removed meanwhile."""
+        local = self._channels.get(channel)
+        if local is None or local.get(old.id) is not old:
+            return False
+        local[old.id] = new
+        return True
+
+    def remove(self, channel: str, conn: Receiver) -> bool:
         """Stop delivering ``channel`` to ``conn``; True when no local subscriber is left."""
         local = self._channels.get(channel)
         if local is None:
@@ -88,7 +114,7 @@ class Fanout:
     def _deliver_observed(
         self,
         channel: str,
-        local: dict[str, Connection],
+        local: dict[str, Receiver],
         deliveries: Sequence[Delivery],
         frames: list[Frame],
         now: float,

@@ -7,6 +7,7 @@ Where things live (see docs/design.md for the whole map)::
     commands.py       the WebSocket frame switch
     subscriptions.py  subscribe / unsubscribe / autoSubscribe, counts, node interest
     presence.py       presence joins, leaves and member events
+    recovery.py       resume on subscribe: replay, then the hand-over to live delivery
     publishing.py     channel lanes: IDs, dedup, store-then-publish
     scheduler.py      scheduled messages: acceptance and the due-time loop
     fanout.py         channel → local subscribers, delivery of what the broker carries
@@ -47,6 +48,7 @@ from tidings.hub.outbound import Frame, Outlet
 from tidings.hub.presence import Presence
 from tidings.hub.publishing import Publication, Publisher, PublishResult
 from tidings.hub.reactions import Reactions
+from tidings.hub.recovery import Recovery
 from tidings.hub.scheduler import Scheduler
 from tidings.hub.storage import Storage
 from tidings.hub.subscriptions import Subscriptions
@@ -102,6 +104,12 @@ class Hub:
             fanout=self._fanout,
             presence=presence,
             storage=self._storage,
+            recovery=Recovery(
+                store=store,
+                fanout=self._fanout,
+                max_messages=settings.limits.resume_max_messages,
+                max_frames=settings.limits.queue_max_frames,
+            ),
             emitter=self._emitter,
             background=self._background,
             connections=self.connections,

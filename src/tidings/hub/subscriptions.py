@@ -21,6 +21,7 @@ from tidings.hub.emitter import Emitter
 from tidings.hub.fanout import Fanout
 from tidings.hub.outbound import Frame
 from tidings.hub.presence import Presence
+from tidings.hub.recovery import Recovery
 from tidings.hub.storage import Storage
 
 __all__ = ["Subscriptions"]
@@ -40,6 +41,7 @@ class Subscriptions:
         fanout: Fanout,
         presence: Presence,
         storage: Storage,
+        recovery: Recovery,
         emitter: Emitter,
         background: Background,
         connections: dict[str, Connection],
@@ -50,6 +52,7 @@ class Subscriptions:
         self._fanout = fanout
         self._presence = presence
         self._storage = storage
+        self._recovery = recovery
         self._emitter = emitter
         self._background = background
         self._connections = connections  # the hub's live connections (read only)
@@ -71,9 +74,20 @@ class Subscriptions:
                 )
 
     async def subscribe(
-        self, conn: Connection, sent: str, token: str | None, *, auto: bool = False
+        self,
+        conn: Connection,
+        sent: str,
+        token: str | None,
+        *,
+        auto: bool = False,
+        resume: bool = False,
+        resume_from: object = None,
     ) -> Subscription:
-        """Spec §6.1. Raises ``ProtocolError`` with ``channel`` = the name as sent."""
+        """Spec §6.1. Raises ``ProtocolError`` with ``channel`` = the name as sent.
+
+        With ``resume``, the stored messages after ``resume_from`` follow the confirmation
+        (spec §24.1, ``recovery.py``); a ``resume_from`` that cannot be honoured is no error.
+        """
         sub_claims = None if token is None else self._auth.verify_subscribe(token, conn, sent)
         extra = sub_claims.grants.alias_target if sub_claims is not None else None
         sent, channel = resolve_sent(conn, sent, extra)
@@ -93,7 +107,9 @@ class Subscriptions:
                 raise
         sub.subscribed_ms = now_ms()  # the history bound starts once the joins are done
         conn.subscriptions[channel] = sub
-        self._fanout.add(channel, conn)
+        holding = self._recovery.hold(conn, channel) if resume else None
+        if holding is None:
+            self._fanout.add(channel, conn)
         try:
             # every subscribe awaits the node's interest (idempotent, cheap once held), so the
             # confirmation never goes out before messages of the channel can reach this node
@@ -102,6 +118,7 @@ class Subscriptions:
             await self._undo(conn, sub, given_back)
             raise
         await self._announce_join(conn, sub, update)
+        replay = await self._recovery.replay(sub, resume_from) if holding is not None else None
         confirmation = protocol.subscribed_frame(
             channel,
             uid=sub.uid,
@@ -109,9 +126,14 @@ class Subscriptions:
             alias=sub.alias,
             members=update.members if update is not None else None,
             auto=auto,
+            resumed=replay.resumed if replay is not None else None,
+            replayed=len(replay.records) if replay is not None else 0,
         )
-        # hotsock.subscribed, then the observed storage entries (spec §6.1 step 7)
+        # hotsock.subscribed, then the observed storage entries (spec §6.1 step 7), then what a
+        # resume replays and what arrived meanwhile
         await self._storage.confirm(conn, sub, confirmation)
+        if holding is not None and replay is not None:
+            holding.hand_over(replay)
         if self.debug:
             log.debug("= %s subscribed to %s", conn.id, channel)
         if conn.closed and self._connections.get(conn.id) is not conn:
