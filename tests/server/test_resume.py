@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from tests.conftest import MS, Client, Server, StartServer, make_token
 
+from tidings.config import Settings
 from tidings.core.ids import new_ulid, ulid_floor
 from tidings.core.names import STORE_MAX_SECONDS
+from tidings.errors import ConfigError
 from tidings.hub._common import now_ms
 
 STORED = {"*": {"publish": True, "store": 3600}}
@@ -47,7 +49,7 @@ async def resume(client: Client, resume_from: Any, channel: str = "room") -> dic
 
 
 async def message_ids(client: Client, count: int) -> list[str]:
-    got = []
+    got: list[str] = []
     while len(got) < count:
         frame = await client.recv()
         if not frame["event"].startswith("hotsock."):
@@ -301,3 +303,12 @@ async def test_resume_connection_closed_during_replay_is_cleaned_up(
     await other.subscribe("room")
     (live,) = await publish(server, 1)
     assert await message_ids(other, 1) == [live]
+
+
+def test_resume_cap_setting_reads_the_environment() -> None:
+    """TIDINGS_RESUME_MAX_MESSAGES sets the cap (default 1000); a negative one is refused."""
+    assert Settings.load(environ={}).limits.resume_max_messages == 1000
+    loaded = Settings.load(environ={"TIDINGS_RESUME_MAX_MESSAGES": "5"})
+    assert loaded.limits.resume_max_messages == 5
+    with pytest.raises(ConfigError, match="TIDINGS_RESUME_MAX_MESSAGES"):
+        Settings.load(environ={"TIDINGS_RESUME_MAX_MESSAGES": "-1"})
