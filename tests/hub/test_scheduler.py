@@ -20,6 +20,7 @@ from tidings.hub._common import now_ms
 from tidings.hub.emitter import Emitter
 from tidings.hub.publishing import Publisher
 from tidings.hub.scheduler import Scheduler
+from tidings.hub.storage import Storage
 from tidings.store.base import MessageRecord, ScheduleRecord
 from tidings.store.memory import MemoryStore
 
@@ -60,9 +61,12 @@ class Rig:
         self.broker = MemoryBroker()
         self.delivered: list[dict[str, Any]] = []
         self.arrived = asyncio.Event()
-        publisher = Publisher(store=self.store, broker=self.broker, emitter=Emitter(None))
+        emitter = Emitter(None)
+        publisher = Publisher(store=self.store, broker=self.broker, emitter=emitter)
+        storage = Storage(store=self.store, publisher=publisher, emitter=emitter, sweep_interval=60)
+        publisher.storage = storage
         self.scheduler = Scheduler(
-            store=self.store, publisher=publisher, poll_seconds=0.05, lease_ms=300
+            store=self.store, publisher=publisher, storage=storage, poll_seconds=0.05, lease_ms=300
         )
 
     def deliver(self, channel: str, deliveries: Sequence[Delivery]) -> None:

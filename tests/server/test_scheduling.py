@@ -15,6 +15,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from tests.conftest import API_KEY, MS, Client, Server, StartServer
 from tests.server.test_backend_events import Receiver, events_server, receiver
+from tests.server.test_channel_storage import (
+    GAME,
+    admin_storage,
+    lobby,
+    server_set,
+    set_frame,
+    updated,
+)
 
 from tidings.core.ids import is_ulid, ulid_ms
 
@@ -490,3 +498,104 @@ async def test_notification_feed_receives_scheduled_notifications_in_order(
     assert all(
         arrived >= due for (_, _, arrived), (_, due) in zip(arrivals, schedules, strict=True)
     )
+
+
+# Scheduled storage writes (spec §11, §14)
+
+
+def storage_claims(uid: str = "host", schedule_before: int | None = None) -> dict[str, Any]:
+    claims = lobby(uid, set_=True, store=60)
+    if schedule_before is not None:
+        claims["channels"]["game.*"]["storage"]["*"]["scheduleBefore"] = schedule_before
+    return claims
+
+
+async def storage_keys(server: Server) -> list[str]:
+    return [item["key"] for item in (await admin_storage(server))["items"]]
+
+
+async def test_client_storage_write_runs_at_its_time(server: Server) -> None:
+    """A WebSocket storage set with scheduleExpression and scheduleBefore changes nothing
+    until its time; then observers (the writer too) get the update with the writer's meta, and
+    the entry's TTL runs from then."""
+    host = await server.connect(storage_claims(schedule_before=int(time.time()) + 3600))
+    await host.subscribe(GAME)
+    guest = await server.connect(lobby("guest"))
+    await guest.subscribe(GAME)
+    expression, due = at(1)
+    await host.send(set_frame("round", 2, scheduleExpression=expression))
+    await guest.nothing(300 * MS)
+    assert await storage_keys(server) == []
+    for client in (guest, host):
+        assert await client.recv(timeout=5000 * MS) == updated("round", 2)
+    assert now_ms() >= due
+    entry = await server.hub._store.get_storage(GAME, "round", now_ms=now_ms())
+    assert entry is not None and entry.expires_ms is not None
+    assert entry.expires_ms >= due + 60_000
+
+
+async def test_http_and_server_storage_writes_answer_a_schedule_arn(server: Server) -> None:
+    """channelStorageSet and a POST /publish storage write with scheduleExpression answer 202
+    with a scheduleArn; a scheduled delete (null) clears the entry at its time."""
+    host = await server.connect(storage_claims(schedule_before=int(time.time()) + 3600))
+    await host.subscribe(GAME)
+    expression, _ = at(1)
+    _, answer = await server.call(
+        host,
+        "channelStorageSet",
+        {"channel": GAME, "key": "a", "data": 1, "scheduleExpression": expression},
+        status=202,
+    )
+    assert answer["event"] == "hotsock.channelStorageSet" and answer["channel"] == GAME
+    schedule_id(answer)
+    answer = await server_set(server, "b", "x", scheduleExpression=expression)
+    assert answer["event"] == "hotsock.channelStorageSet"
+    schedule_id(answer)
+    updates = [await host.recv(timeout=5000 * MS) for _ in range(2)]
+    assert sorted(u["key"] for u in updates) == ["a", "b"]
+    later, _ = at(1)
+    await server_set(server, "b", None, scheduleExpression=later)
+    assert await host.recv(timeout=5000 * MS) == updated("b", None, uid=None)
+    assert await storage_keys(server) == ["a"]
+
+
+async def test_scheduled_storage_write_can_be_cancelled(server: Server) -> None:
+    """DELETE /schedules/{id} cancels a pending storage write: it never applies."""
+    host = await server.connect(storage_claims())
+    await host.subscribe(GAME)
+    expression, _ = at(1)
+    answer = await server_set(server, "k", 1, scheduleExpression=expression)
+    assert (await delete(server, schedule_id(answer)))[0] == 204
+    await host.nothing(2000 * MS)
+    assert await storage_keys(server) == []
+
+
+@pytest.mark.parametrize(
+    ("schedule_before", "fields", "code"),
+    [
+        (None, {}, "SCHEDULE_PERMISSION_DENIED"),
+        (-10, {}, "SCHEDULE_PERMISSION_DENIED"),
+        (2, {"later": 60}, "SCHEDULE_PERMISSION_DENIED"),
+        (3600, {"scheduleExpression": "cron(0 * * * ? *)"}, "INVALID_SCHEDULE"),
+        (3600, {"scheduleExpressionTimezone": "Atlantis/Capital"}, "INVALID_SCHEDULE"),
+    ],
+    ids=["no-scheduleBefore", "past-scheduleBefore", "beyond", "recurring", "zone"],
+)
+async def test_client_storage_schedule_refusals_change_nothing(
+    server: Server, schedule_before: int | None, fields: dict[str, Any], code: str
+) -> None:
+    """A client's scheduled storage write needs the key's scheduleBefore and a valid
+    expression, over the WebSocket and HTTP; a refusal schedules nothing."""
+    limit = None if schedule_before is None else int(time.time()) + schedule_before
+    host = await server.connect(storage_claims(schedule_before=limit))
+    expression, _ = at(fields.pop("later", 5))
+    body = {"channel": GAME, "key": "k", "data": 1, "scheduleExpression": expression, **fields}
+    status, answer = await server.call(host, "channelStorageSet", body)
+    assert answer["error"]["code"] == code and status in (400, 403)
+    await host.send(set_frame("k", 1, **{k: v for k, v in body.items() if k.startswith("sch")}))
+    error = await host.expect("hotsock.error")
+    assert (error["error"]["code"], error["channel"]) == (code, GAME)
+    await no_schedule_pending(server)
+    answer = await server_set(server, "k", 1, status=400, scheduleExpression="rate(1 day)")
+    assert answer["error"]["code"] == "INVALID_SCHEDULE"
+    await no_schedule_pending(server)

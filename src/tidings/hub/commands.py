@@ -9,7 +9,7 @@ from typing import Any
 
 from tidings._refusals import refusals
 from tidings.core import protocol
-from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
+from tidings.errors import UNAVAILABLE, ProtocolError, wire_error
 from tidings.hub.connection import Connection
 from tidings.hub.outbound import Frame
 from tidings.hub.publishing import Publisher, failure_reporter
@@ -139,11 +139,14 @@ class Commands:
             conn, command.channel, command.key, command.data, trigger="client.websocket"
         )
         if command.schedule_expression is not None:
-            raise ProtocolError(
-                ErrorCode.INVALID_SCHEDULE,
-                "scheduled storage writes are not supported by this server yet",
-                channel=command.channel,
-            )
+            try:
+                await self._scheduler.schedule_storage_client(
+                    conn, write, command.schedule_expression, command.schedule_timezone
+                )
+            except ProtocolError as exc:
+                exc.channel = command.channel
+                raise
+            return
         future = self._storage.write(write)
         sent = command.channel or ""
 

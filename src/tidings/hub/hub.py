@@ -83,7 +83,6 @@ class Hub:
         self._publisher = Publisher(
             store=store, broker=broker, emitter=self._emitter, fanout=self._fanout
         )
-        self._scheduler = Scheduler(store=store, publisher=self._publisher)
         self._history = History(
             store=store, sweep_interval=settings.timeouts.sweep_interval_seconds
         )
@@ -94,6 +93,7 @@ class Hub:
             sweep_interval=settings.timeouts.sweep_interval_seconds,
         )
         self._publisher.storage = self._storage
+        self._scheduler = Scheduler(store=store, publisher=self._publisher, storage=self._storage)
         presence = Presence(
             broker=broker, emitter=self._emitter, max_bytes=settings.limits.presence_max_bytes
         )
@@ -306,6 +306,19 @@ class Hub:
         return await self._scheduler.schedule_client(
             conn, channel, event, data, expression, timezone, trigger=trigger, eager=eager
         )
+
+    async def schedule_storage_client(
+        self, conn: Connection, write: StorageWrite, expression: Any, timezone: Any
+    ) -> PublishResult:
+        """A client's prepared storage write with a ``scheduleExpression`` (spec §14); raises
+        ``ProtocolError`` for refusals, returns once the schedule is stored."""
+        return await self._scheduler.schedule_storage_client(conn, write, expression, timezone)
+
+    async def schedule_storage_server(
+        self, write: StorageWrite, expression: Any, timezone: Any
+    ) -> PublishResult:
+        """A ``POST /publish`` storage write with a ``scheduleExpression`` (spec §14)."""
+        return await self._scheduler.schedule_storage_server(write, expression, timezone)
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
         """``DELETE /schedules/{id}``: False when unknown, already run or running."""

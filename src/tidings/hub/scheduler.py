@@ -1,5 +1,5 @@
-"""Scheduled messages (spec §14): accepting them into the store, and the one loop per node
-that claims due schedules and hands them to their channel lanes.
+"""Scheduled messages and storage writes (spec §14): accepting them into the store, and the
+one loop per node that claims due schedules and hands them to their channel lanes.
 
 ::
 
@@ -28,10 +28,12 @@ import orjson
 from tidings.core.ids import new_ulid
 from tidings.core.requests import ServerPublish
 from tidings.core.schedule import check_schedule_before, parse_at
+from tidings.core.storage import STORAGE_SET_EVENT, StorageWrite
 from tidings.errors import UNAVAILABLE, ProtocolError
 from tidings.hub._common import now_ms
 from tidings.hub.connection import Connection
 from tidings.hub.publishing import Publication, Publisher, PublishResult, server_publication
+from tidings.hub.storage import Storage
 from tidings.store.base import ScheduleRecord, Store
 
 __all__ = ["Scheduler"]
@@ -39,22 +41,26 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("tidings.hub")
 
 MESSAGE = "message"  # ScheduleRecord.kind of a scheduled channel message
+STORAGE = "storage"  # ScheduleRecord.kind of a scheduled storage write
 
 
 class Scheduler:
-    """Accepts scheduled messages and runs them when due, once across the cluster."""
+    """Accepts scheduled messages and storage writes and runs them when due, once across the
+    cluster."""
 
     def __init__(
         self,
         *,
         store: Store,
         publisher: Publisher,
+        storage: Storage,
         poll_seconds: float = 1.0,
         lease_ms: int = 60_000,
         batch: int = 500,
     ) -> None:
         self._store = store
         self._publisher = publisher
+        self._storage = storage
         self._poll_seconds = poll_seconds  # longest sleep: how soon other nodes' work is seen
         self._lease_ms = lease_ms  # how long a claim keeps its schedules from other nodes
         self._batch = batch  # schedules claimed (and run concurrently) at once
@@ -104,6 +110,34 @@ class Scheduler:
         assert request.due_ms is not None  # the caller routes only scheduled requests here
         return await self._accept(server_publication(request), request.due_ms, request.eager)
 
+    async def schedule_storage_client(
+        self, conn: Connection, write: StorageWrite, expression: Any, timezone: Any
+    ) -> PublishResult:
+        """A client's validated, authorised storage write with a ``scheduleExpression``:
+        checked against the key's ``scheduleBefore`` (request time only), then stored. Its TTL
+        starts when it runs.
+
+        Raises:
+            ProtocolError: ``INVALID_SCHEDULE`` or ``SCHEDULE_PERMISSION_DENIED``.
+        """
+        due_ms = parse_at(expression, timezone)
+        sub = conn.subscriptions.get(write.channel)
+        perms = sub.permissions if sub is not None else conn.permissions
+        check_schedule_before(
+            due_ms, perms.storage_schedule_before(write.channel, write.key), now_ms()
+        )
+        return await self._accept_storage(write, due_ms)
+
+    async def schedule_storage_server(
+        self, write: StorageWrite, expression: Any, timezone: Any
+    ) -> PublishResult:
+        """A validated ``POST /publish`` storage write with a ``scheduleExpression``.
+
+        Raises:
+            ProtocolError: ``INVALID_SCHEDULE``.
+        """
+        return await self._accept_storage(write, parse_at(expression, timezone))
+
     async def cancel(self, schedule_id: str) -> bool:
         """``DELETE /schedules/{id}``: False when unknown, already run, or running."""
         return await self._store.delete_schedule(schedule_id, now_ms=now_ms())
@@ -145,6 +179,19 @@ class Scheduler:
         )
         await self._add(record)
         return PublishResult(pub.channel, pub.event, pub.id, schedule_id=record.id)
+
+    async def _accept_storage(self, write: StorageWrite, due_ms: int) -> PublishResult:
+        accepted = now_ms()
+        record = ScheduleRecord(
+            id=new_ulid(accepted),
+            due_ms=due_ms,
+            kind=STORAGE,
+            channel=write.channel,
+            payload=_storage_payload(write),
+            created_ms=accepted,
+        )
+        await self._add(record)
+        return PublishResult(write.channel, STORAGE_SET_EVENT, "", schedule_id=record.id)
 
     async def _add(self, record: ScheduleRecord) -> None:
         """Persist one schedule, sharing a store call with the others waiting; returns once it
@@ -221,18 +268,21 @@ class Scheduler:
         that ran; a failed one stays claimed and runs again when its lease ends."""
         started: list[tuple[ScheduleRecord, asyncio.Future[PublishResult]]] = []
         for record in batch:
-            if record.kind != MESSAGE:
+            if record.kind not in (MESSAGE, STORAGE):
                 log.error(
                     "! schedule %s has unknown kind %r; left in place", record.id, record.kind
                 )
                 continue
             try:
-                pub = _publication(record)
-            except (ValueError, KeyError, TypeError):
+                if record.kind == MESSAGE:
+                    future = self._publisher.enqueue(_publication(record))
+                else:
+                    future = self._storage.write(_storage_write(record))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 log.exception("! schedule %s has a malformed payload; dropped", record.id)
                 await self._store.complete_schedules([record.id])
                 continue
-            started.append((record, self._publisher.enqueue(pub)))
+            started.append((record, future))
         outcomes = await asyncio.gather(*(f for _, f in started), return_exceptions=True)
         ran: list[str] = []
         for (record, _), outcome in zip(started, outcomes, strict=True):
@@ -294,4 +344,39 @@ def _publication(record: ScheduleRecord) -> Publication:
         emit_event=p["emit"],
         request_id=p["requestId"],
         id=p["id"],
+    )
+
+
+def _storage_payload(write: StorageWrite) -> str:
+    return orjson.dumps(
+        {
+            "key": write.key,
+            "data": None if write.data_json is None else write.data_json.decode(),
+            "store": write.store_seconds,
+            "uid": write.uid,
+            "umd": write.umd_json.decode(),
+            "emit": write.emit_event,
+            "trigger": write.trigger,
+            "connectionId": write.connection_id,
+            "sourceIp": write.source_ip,
+            "userAgent": write.user_agent,
+        }
+    ).decode()
+
+
+def _storage_write(record: ScheduleRecord) -> StorageWrite:
+    p = orjson.loads(record.payload)
+    data = p["data"]
+    return StorageWrite(
+        channel=record.channel,
+        key=p["key"],
+        data_json=None if data is None else data.encode(),
+        store_seconds=p["store"],
+        uid=p["uid"],
+        umd_json=p["umd"].encode(),
+        emit_event=p["emit"],
+        trigger=p["trigger"],
+        connection_id=p["connectionId"],
+        source_ip=p["sourceIp"],
+        user_agent=p["userAgent"],
     )

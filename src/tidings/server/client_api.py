@@ -84,7 +84,11 @@ async def _storage_set(hub: Hub, conn: Connection, body: dict[str, Any]) -> tupl
     write = hub.prepare_storage_client(
         conn, body.get("channel"), body.get("key"), body.get("data"), trigger="client.http"
     )
-    refuse_schedule(body, "a storage write")
+    if body.get("scheduleExpression") is not None:
+        scheduled = await hub.schedule_storage_client(
+            conn, write, body["scheduleExpression"], body.get("scheduleExpressionTimezone")
+        )
+        return 202, dumps(result_body(scheduled, eager=False))
     result = await hub.write_storage(write)
     return 202, dumps({"channel": result.channel, "event": STORAGE_SET_EVENT})
 

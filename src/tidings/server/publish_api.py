@@ -63,7 +63,11 @@ async def _publish(hub: Hub, body: Any) -> web.Response:
         return json_response({"channel": result.channel, "event": REACTION_EVENT}, status=202)
     if isinstance(body, dict) and body.get("event") == STORAGE_SET_EVENT:
         write = parse_server_storage(body)
-        refuse_schedule(body, "a storage write")
+        if body.get("scheduleExpression") is not None:
+            scheduled = await hub.schedule_storage_server(
+                write, body["scheduleExpression"], body.get("scheduleExpressionTimezone")
+            )
+            return json_response(result_body(scheduled, eager=False), status=202)
         stored = await hub.write_storage(write)
         return json_response({"channel": stored.channel, "event": STORAGE_SET_EVENT}, status=202)
     message = parse_server_publish(body)
