@@ -36,6 +36,9 @@ def test_public_modules_declare_all() -> None:
         "tidings.broker",
         "tidings.store",
         "tidings.sdk",
+        "tidings.sdk.client",
+        "tidings.core.resume",
+        "tidings.hub.recovery",
     ):
         mod = importlib.import_module(module)
         for name in mod.__all__:
