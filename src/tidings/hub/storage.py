@@ -61,8 +61,8 @@ SWEEP_BATCH = 1000
 
 @dataclass(slots=True)
 class StorageIntent:
-    """What a storage publication does in its lane: apply ``write``, or read the observed
-    entries for ``observer`` (a connection and its new subscription)."""
+    """What a storage publication does in its lane: apply ``write``, or send ``observer`` (a
+    connection and its new subscription) its ``confirmation`` and the entries it observes."""
 
     write: StorageWrite | None = None
     observer: tuple[Connection, Subscription] | None = None
@@ -247,7 +247,8 @@ class Storage:
     # Public methods: in the lane (called by hub/publishing.py in the channel's turn)
 
     async def snapshot(self, intent: StorageIntent) -> None:
-        """Send ``intent.observer`` the entries it may observe, as they are now."""
+        """Send ``intent.observer`` its ``hotsock.subscribed``, then the entries it may observe,
+        as they are now."""
         assert intent.observer is not None
         conn, sub = intent.observer
         channel = sub.channel
@@ -273,8 +274,8 @@ class Storage:
     def delivery_frame(self, pub: Publication) -> bytes:
         """The ``hotsock.channelStorageUpdated`` frame of an applied, changed write."""
         intent = pub.storage
-        assert intent is not None and intent.write is not None
-        return updated_frame(pub.channel, intent.write.key, pub.data_json, _publication_meta(pub))
+        assert intent is not None and intent.write is not None and pub.meta_json is not None
+        return updated_frame(pub.channel, intent.write.key, pub.data_json, pub.meta_json)
 
     def announce(self, pub: Publication) -> None:
         """The backend event of an applied, changed write asking for one (spec §17.2)."""
@@ -395,10 +396,6 @@ def _require(perms: Permissions, channel: str, key: str, name: str, sent: str) -
 
 def _meta(entry: StorageEntry) -> bytes:
     return protocol.meta_json(entry.uid, entry.umd.encode())
-
-
-def _publication_meta(pub: Publication) -> bytes:
-    return pub.meta_json if pub.meta_json is not None else protocol.meta_json(None, b"null")
 
 
 def _item(entry: StorageEntry) -> bytes:
