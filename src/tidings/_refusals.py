@@ -32,6 +32,8 @@ class RefusalLog:
         self._clock = clock
         self._last = clock()
         self.suppressed = 0  # refusals dropped since the last line that went out
+        # every refusal by (entry point kind, code), logged or not: the metrics read these
+        self.counts: dict[tuple[str, str], int] = {}
 
     def refused(
         self, where: str, code: str, channel: str | None, event: str | None, reason: str
@@ -45,6 +47,8 @@ class RefusalLog:
             event: the event or command, if known.
             reason: the client-safe error message (never contains a token).
         """
+        key = (where.partition(":")[0], str(code))
+        self.counts[key] = self.counts.get(key, 0) + 1
         if not self.log.isEnabledFor(logging.INFO):
             return
         now = self._clock()

@@ -23,7 +23,7 @@ from tests.conftest import MS
 from tests.services import REDIS_URL, RedisServer, redis_server, require_redis
 
 from tidings.broker import open_broker
-from tidings.broker.base import Delivery
+from tidings.broker.base import BrokerStats, Delivery
 from tidings.broker.redis import (
     MAX_PUBLISH_BYTES,
     RedisBroker,
@@ -169,10 +169,22 @@ async def test_redis_broker_resubscribes_after_its_connection_is_killed(
     await a.broker.subscribe("room")
     await b.broker.publish("room", [Delivery(b'"1"')])
     await a.wait_for("room", 1)
+    a_stats, b_stats = _stats(a.broker), _stats(b.broker)
+    assert a_stats.reconnects == 0
+    trips = b_stats.round_trips
+    assert trips >= 1 and b_stats.round_trip_seconds > 0
     killed = await own_redis.command("CLIENT", "KILL", "TYPE", "pubsub")
     assert killed >= 1
     a.received.clear()
     await publish_until_delivered(b, a, "room", timeout=10)
+    assert a_stats.reconnects >= 1  # counted for /metrics
+    assert b_stats.round_trips > trips
+
+
+def _stats(broker: object) -> BrokerStats:
+    stats = getattr(broker, "stats", None)
+    assert isinstance(stats, BrokerStats)
+    return stats
 
 
 @pytest.mark.integration

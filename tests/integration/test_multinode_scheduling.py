@@ -35,8 +35,8 @@ def at(due_s: int) -> str:
 async def schedules_run(cluster: Cluster, node: TidingsNode) -> int:
     async with cluster.http.get(f"{node.base}/metrics") as resp:
         text = await resp.text()
-    [line] = [line for line in text.splitlines() if line.startswith("tidings_schedules_run_total ")]
-    return int(line.split()[1])
+    [line] = [line for line in text.splitlines() if line.startswith("tidings_schedules_run_total{")]
+    return int(float(line.split()[-1]))
 
 
 @pytest.mark.timeout(120)

@@ -228,8 +228,11 @@ async def test_webhook_500_then_recovers(start_server: StartServer, receiver: Re
     assert event["data"]["event"] == "e" and failures["left"] == 0
     async with server.http.get(f"{server.base}/metrics") as resp:
         text = await resp.text()
-    assert "tidings_webhook_attempts_failed_total 3" in text
-    assert "tidings_webhooks_delivered_total" in text
+    node = server.hub.metrics.node
+    assert f'tidings_webhook_attempts_failed_total{{node="{node}"}} 3.0' in text
+    assert f'tidings_webhooks_delivered_total{{node="{node}"}} 1.0' in text
+    # the three failures and the success were each timed
+    assert f'tidings_webhook_delivery_seconds_count{{node="{node}"}} 4.0' in text
 
 
 async def test_source_ip_from_trusted_proxy(start_server: StartServer, receiver: Receiver) -> None:

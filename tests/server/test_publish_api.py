@@ -144,7 +144,7 @@ async def test_healthz_and_metrics(server: Server) -> None:
         assert resp.status == 200 and await resp.json() == {"status": "ok"}
     await server.connect({})
     async with server.http.get(f"{server.base}/metrics") as resp:
-        assert "tidings_connections 1" in await resp.text()
+        assert f'tidings_connections{{node="{server.hub.metrics.node}"}} 1.0' in await resp.text()
 
 
 async def test_publish_concurrent_channels_keep_per_channel_order(server: Server) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from tidings.core.presence import Change
 
 __all__ = [
+    "BrokerStats",
     "Broker",
     "DeliverFn",
     "Delivery",
@@ -40,6 +41,15 @@ class Delivery:
     exclude: str | None = None  # connection ID that must not receive it (sender without echo)
     # a storage update goes only to subscribers allowed to observe this key (spec §11)
     observe_key: str | None = None
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    """Figures a broker may expose as ``stats`` for ``/metrics`` (read at scrape time)."""
+
+    round_trips: int = 0  # commands sent to the broker's server
+    round_trip_seconds: float = 0.0  # total time spent waiting for them
+    reconnects: int = 0  # times the subscriber connection was re-established
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from typing import Any
 from tidings.broker.base import (
     MAX_CLAIM_TTL_MS,
     Broker,
+    BrokerStats,
     DeliverFn,
     Delivery,
     Minter,
@@ -34,6 +35,7 @@ class MemoryBroker:
         self._minter = ChannelIdMinter()
         self._presence: dict[str, PresenceChannel] = {}
         self._counts: dict[str, int] = {}
+        self.stats = BrokerStats()  # no server, so no round trips: zeros keep dashboards whole
 
     async def start(
         self, deliver: DeliverFn, *, serve: ServeFn | None = None, reaped: ReapedFn | None = None

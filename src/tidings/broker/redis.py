@@ -74,6 +74,7 @@ import logging
 import random
 import secrets
 import struct
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -90,6 +91,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tidings.broker.base import (
     MAX_CLAIM_TTL_MS,
     Broker,
+    BrokerStats,
     DeliverFn,
     Delivery,
     Minter,
@@ -331,6 +333,7 @@ class RedisBroker:
         self._reconnect_max = max(reconnect_min, reconnect_max)
         self._ping_interval = ping_interval
         self.node_id = secrets.token_hex(8)
+        self.stats = BrokerStats()  # read by /metrics
         """This node's ID in Redis: turn-lock value, cluster-state owner."""
         self._token = self.node_id
         self._node_timeout = node_timeout
@@ -709,6 +712,7 @@ class RedisBroker:
             except BrokerUnavailable:
                 conn = None
             else:
+                self.stats.reconnects += 1
                 log.info(
                     "= Redis subscriber reconnected; re-subscribing %d channels", len(self._sent)
                 )
@@ -832,6 +836,8 @@ class RedisBroker:
             if inspect.iscoroutine(command):
                 command.close()
             raise BrokerUnavailable("the Redis broker is closed")
+        stats = self.stats
+        started = time.perf_counter()
         try:
             result = await command
         except (RedisError, OSError) as exc:
@@ -841,6 +847,9 @@ class RedisBroker:
             # a Redis error reply (it can name script digests and keys): logged, never sent
             log.warning("! Redis refused %s: %s", what, exc)
             raise BrokerUnavailable(f"the broker refused {what}") from exc
+        finally:
+            stats.round_trips += 1
+            stats.round_trip_seconds += time.perf_counter() - started
         self._came_back()
         return result
 

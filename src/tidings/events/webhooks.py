@@ -192,6 +192,8 @@ class WebhookDispatcher:
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
         self.failed_attempts = 0
+        # told the duration of every delivery attempt (seconds), for the latency histogram
+        self.observe_attempt: Callable[[float], None] | None = None
         self.dropped = 0
 
     # Public methods
@@ -312,8 +314,11 @@ class WebhookDispatcher:
             task.cancel()
 
     async def _send(self, lane: _Lane, delivery: PendingDelivery) -> None:
+        started = time.perf_counter()
         try:
             failure = await self._post(lane.endpoint, delivery)
+            if self.observe_attempt is not None:
+                self.observe_attempt(time.perf_counter() - started)
         except asyncio.CancelledError:
             lane.inflight.pop(delivery.id, None)
             lane.interrupted.append(delivery)

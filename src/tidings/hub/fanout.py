@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tidings.broker.base import Delivery
+from tidings.core.ids import ulid_ms
 from tidings.hub.connection import Subscription
+from tidings.hub.metrics import NodeMetrics
 from tidings.hub.outbound import Batch, Frame
 
 __all__ = ["Fanout", "Receiver"]
@@ -30,13 +32,22 @@ class Receiver(Protocol):
 class Fanout:
     """Channel → local subscribers. Only the hub's subscription code changes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: NodeMetrics | None = None) -> None:
         self._channels: dict[str, dict[str, Receiver]] = {}  # channel -> conn ID -> receiver
         self._corked: dict[Receiver, list[Frame]] | None = None
-        self.frames_delivered = 0
+        self._metrics = metrics if metrics is not None else NodeMetrics("local")
+        self.subscriptions = 0  # local (channel, connection) pairs, for the gauge
+
+    @property
+    def channels(self) -> int:
+        """Channels with at least one local subscriber."""
+        return len(self._channels)
 
     def add(self, channel: str, conn: Receiver) -> None:
-        self._channels.setdefault(channel, {})[conn.id] = conn
+        local = self._channels.setdefault(channel, {})
+        if conn.id not in local:
+            self.subscriptions += 1
+        local[conn.id] = conn
 
     def holds(self, channel: str, receiver: Receiver) -> bool:
         local = self._channels.get(channel)
@@ -55,7 +66,8 @@ class Fanout:
         local = self._channels.get(channel)
         if local is None:
             return False
-        local.pop(conn.id, None)
+        if local.pop(conn.id, None) is not None:
+            self.subscriptions -= 1
         if local:
             return False
         del self._channels[channel]
@@ -89,6 +101,7 @@ class Fanout:
         # is not subscribed (the usual chat client posting to a room) changes nothing
         skip = {f.exclude for f in frames if f.exclude is not None and f.exclude in local}
         now = time.monotonic()  # outbound frames count as activity for the idle timeout
+        messages = self._time(deliveries)
         if any(d.observe_key is not None for d in deliveries):
             self._deliver_observed(channel, local, deliveries, frames, now)
             return
@@ -109,7 +122,25 @@ class Fanout:
                     corked[conn] = [*held, *mine]
                 else:
                     held.extend(mine)
-        self.frames_delivered += len(frames) * len(local)
+        metrics = self._metrics
+        if messages:
+            metrics.delivered_messages.inc(messages * len(local))
+        if messages < len(frames):
+            metrics.delivered_events.inc((len(frames) - messages) * len(local))
+
+    def _time(self, deliveries: Sequence[Delivery]) -> int:
+        """Observe each message's publish → socket latency; returns how many messages there are.
+
+        Message frames start with their ULID (``{"id":"…``), whose time is when the publishing
+        turn minted it: that gives the latency without carrying a timestamp between nodes."""
+        now = time.time() * 1000
+        observe = self._metrics.publish_delivery.observe
+        messages = 0
+        for d in deliveries:
+            if d.payload.startswith(b'{"id":"'):
+                messages += 1
+                observe(max(0.0, now - ulid_ms(d.payload[7:33].decode("ascii"))) / 1000)
+        return messages
 
     def _deliver_observed(
         self,
@@ -121,7 +152,7 @@ class Fanout:
     ) -> None:
         """A batch holding storage updates: each goes only to subscribers allowed to observe
         its key (spec §11), the rest as usual. Counted per frame actually sent."""
-        sent = 0
+        sent = messages = 0
         for conn in list(local.values()):
             sub = conn.subscriptions.get(channel)
             if sub is None:
@@ -139,4 +170,8 @@ class Fanout:
                 conn.last_activity = now
                 conn.send_many(mine)
                 sent += len(mine)
-        self.frames_delivered += sent
+                messages += sum(1 for f in mine if f.payload.startswith(b'{"id":"'))
+        if messages:
+            self._metrics.delivered_messages.inc(messages)
+        if sent > messages:
+            self._metrics.delivered_events.inc(sent - messages)

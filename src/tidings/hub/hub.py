@@ -15,6 +15,7 @@ Where things live (see docs/design.md for the whole map)::
     reactions.py      message reactions and listReactions
     umd.py            umdUpdate / umdPropagate
     storage.py        channel storage: writes, reads, observers, expiry
+    metrics.py        the node's Prometheus metrics
     channel_info.py   getChannelInfo and the admin channel figures
     emitter.py        backend-event payloads
     connection.py     one connection, its bounded queue and its watchdog
@@ -27,7 +28,8 @@ import logging
 import time
 from typing import Any
 
-from tidings.broker.base import Broker, ServeFn
+from tidings._refusals import refusals
+from tidings.broker.base import Broker, BrokerStats, ServeFn
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import new_connection_id, new_connection_secret
@@ -44,6 +46,7 @@ from tidings.hub.connection import Connection, arm_watchdog
 from tidings.hub.emitter import Emitter
 from tidings.hub.fanout import Fanout
 from tidings.hub.history import History
+from tidings.hub.metrics import NodeMetrics
 from tidings.hub.outbound import Frame, Outlet
 from tidings.hub.presence import Presence
 from tidings.hub.publishing import Publication, Publisher, PublishResult
@@ -74,15 +77,23 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.draining = False  # set by drain(): refuse new connections, report unhealthy
         self.connections_opened = 0
+        self.metrics = NodeMetrics(settings.server.node_name)  # rendered by /metrics
         self._background = Background()
         self._sweeper: asyncio.Task[None] | None = None
         self._storage_sweeper: asyncio.Task[None] | None = None
         self._emitter = Emitter(events)
         self._auth = Auth(settings=settings, broker=broker)
-        self._fanout = Fanout()
+        self._fanout = Fanout(self.metrics)
         self._publisher = Publisher(
-            store=store, broker=broker, emitter=self._emitter, fanout=self._fanout
+            store=store,
+            broker=broker,
+            emitter=self._emitter,
+            metrics=self.metrics,
+            fanout=self._fanout,
         )
+        self.metrics.watch(self._gauges, self._counters)
+        if events is not None and events.dispatcher is not None:
+            events.dispatcher.observe_attempt = self.metrics.webhook_delivery.observe
         self._history = History(
             store=store, sweep_interval=settings.timeouts.sweep_interval_seconds
         )
@@ -161,7 +172,7 @@ class Hub:
         await self._store.aclose()
         await self._broker.aclose()
 
-    # Queries (admin API, health)
+    # Queries (admin API, health, metrics)
 
     async def subscriptions_count(self, channel: str) -> int:
         """``subscriptionsCount`` of a channel across the cluster (spec §6.4)."""
@@ -171,17 +182,32 @@ class Hub:
         """Presence members (deduplicated by uid), or None for a standard channel."""
         return await self._channel_info.members(channel)
 
-    def metrics(self) -> dict[str, int]:
-        """This node's counters, by name (``/metrics`` adds the ``tidings_`` prefix)."""
-        counters = {
-            "connections_opened": self.connections_opened,
-            "messages_published": self._publisher.published,
-            "schedules_run": self._scheduler.ran,
-            "frames_delivered": self._fanout.frames_delivered,
+    def _gauges(self) -> dict[str, float]:
+        return {
+            "connections": len(self.connections),
+            "subscriptions": self._fanout.subscriptions,
+            "channels": self._fanout.channels,
         }
+
+    def _counters(self) -> list[tuple[str, dict[str, str], float]]:
+        rows: list[tuple[str, dict[str, str], float]] = [
+            ("connections_opened", {}, self.connections_opened),
+            ("schedules_run", {}, self._scheduler.ran),
+        ]
+        rows += [
+            ("refusals", {"where": where, "code": code}, n)
+            for (where, code), n in refusals.counts.items()
+        ]
+        stats = getattr(self._broker, "stats", None)
+        if isinstance(stats, BrokerStats):
+            rows += [
+                ("broker_round_trips", {}, stats.round_trips),
+                ("broker_round_trip_seconds", {}, stats.round_trip_seconds),
+                ("broker_reconnects", {}, stats.reconnects),
+            ]
         if self._events is not None:
-            counters.update(self._events.counters())
-        return counters
+            rows += [(name, {}, value) for name, value in self._events.counters().items()]
+        return rows
 
     # Connections
 

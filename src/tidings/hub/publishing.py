@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from tidings.hub._common import now_ms, resolve_sent
 from tidings.hub.connection import Connection
 from tidings.hub.emitter import Emitter
 from tidings.hub.fanout import Fanout
+from tidings.hub.metrics import NodeMetrics
 from tidings.hub.outbound import Frame
 from tidings.store.base import DEDUP_WINDOW_MS, MessageRecord, Store
 
@@ -161,17 +163,23 @@ class Publisher:
     """Validates, authorises and orders this node's publications."""
 
     def __init__(
-        self, *, store: Store, broker: Broker, emitter: Emitter, fanout: Fanout | None = None
+        self,
+        *,
+        store: Store,
+        broker: Broker,
+        emitter: Emitter,
+        metrics: NodeMetrics,
+        fanout: Fanout | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
         self._emitter = emitter
+        self._metrics = metrics
         self._fanout = fanout  # corked during the end-of-turn flush
         self._lanes: dict[str, _Lane] = {}
         self._ready: list[tuple[str, _Lane]] = []  # lanes the end-of-turn flush publishes
         self._flush: asyncio.Handle | None = None
         self._publish_now = True  # False once the broker said it cannot (it never will)
-        self.published = 0  # messages acknowledged by this node
         self.storage: Storage | None = None  # set by the hub; runs storage steps in the lane
 
     # Public methods
@@ -273,6 +281,7 @@ class Publisher:
 
     def _enqueue(self, pub: Publication, future: asyncio.Future[PublishResult] | None) -> None:
         pub.created_ms = now_ms()
+        self._metrics.message_in(pub.trigger)
         if pub.emit_event and not pub.request_id:
             pub.request_id = new_ulid(pub.created_ms)
         lane = self._lanes.get(pub.channel)
@@ -349,7 +358,6 @@ class Publisher:
         return True
 
     def _delivered(self, live: list[Pending]) -> None:
-        self.published += len(live)
         for pub, future in live:
             if future is not None and not future.done():
                 future.set_result(PublishResult(pub.channel, pub.event, pub.id))
@@ -514,7 +522,10 @@ class Publisher:
         if not records:
             return live
         try:
+            started = time.perf_counter()
             stored = iter(await self._store.append(records))
+            self._metrics.store_commit.observe(time.perf_counter() - started)
+            self._metrics.store_batch.observe(len(records))
         except Exception as exc:
             if isinstance(exc, UNAVAILABLE):
                 log.warning("! storing on %s failed: %s", channel, exc)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from aiohttp import web
 
-from tidings.server.http import HUB, json_response
+from tidings.errors import ErrorCode
+from tidings.hub.metrics import CONTENT_TYPE
+from tidings.server.http import HUB, error_response, json_response
 
 __all__ = ["READY", "routes"]
 
@@ -25,7 +28,13 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    lines = ["# TYPE tidings_connections gauge", f"tidings_connections {len(hub.connections)}"]
-    for name, value in hub.metrics().items():
-        lines += [f"# TYPE tidings_{name}_total counter", f"tidings_{name}_total {value}"]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    token = hub.settings.server.metrics_token
+    if token is not None:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token.value}".encode()):
+            return error_response(
+                ErrorCode.UNAUTHORIZED, "/metrics needs Authorization: Bearer <metrics token>"
+            )
+    response = web.Response(body=hub.metrics.exposition())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
