@@ -168,13 +168,13 @@ class Publisher:
         store: Store,
         broker: Broker,
         emitter: Emitter,
-        metrics: NodeMetrics,
+        metrics: NodeMetrics | None = None,
         fanout: Fanout | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
         self._emitter = emitter
-        self._metrics = metrics
+        self._metrics = metrics if metrics is not None else NodeMetrics("local")
         self._fanout = fanout  # corked during the end-of-turn flush
         self._lanes: dict[str, _Lane] = {}
         self._ready: list[tuple[str, _Lane]] = []  # lanes the end-of-turn flush publishes
