@@ -83,47 +83,76 @@ def browser_available() -> None:
     _require(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (apt-get install chromium)")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """Start `python -m tidings serve` on a free port; yield its base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    env.update(
-        TIDINGS_SIGNING_KEY1_METHOD="HS256",
-        TIDINGS_SIGNING_KEY1=base64.b64encode(SIGNING_SECRET).decode(),
-        TIDINGS_API_KEY1=API_KEY,
-        TIDINGS_STORE=f"sqlite:///{tmp_path}/t.db",
-    )
-    cmd = [sys.executable, "-m", "tidings", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT
+class ServeProcess:
+    """`python -m tidings serve` on a fixed port and SQLite file, which can be restarted."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "server.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+        self.env.update(
+            TIDINGS_SIGNING_KEY1_METHOD="HS256",
+            TIDINGS_SIGNING_KEY1=base64.b64encode(SIGNING_SECRET).decode(),
+            TIDINGS_API_KEY1=API_KEY,
+            TIDINGS_STORE=f"sqlite:///{tmp_path}/t.db",
         )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(
-                        f"tidings serve exited with {proc.returncode}:\n{log_path.read_text()}"
-                    )
-                try:
-                    if _http("GET", f"{base}/healthz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"tidings serve not healthy after 30 s:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield base
-        finally:
-            proc.terminate()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "tidings", "serve", "--host", "127.0.0.1"]
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [*cmd, "--port", str(self.port)],
+                env=self.env,
+                cwd=self.tmp_path,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"tidings serve exited with {self.proc.returncode}:\n"
+                    f"{self.log_path.read_text()}"
+                )
             try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                if _http("GET", f"{self.base}/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"tidings serve not healthy after 30 s:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
+    """A running `tidings serve` process; stopped at the end."""
+    process = ServeProcess(tmp_path)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def server(served: ServeProcess) -> str:
+    """The base URL of the running server."""
+    return served.base
 
 
 def _connect_token() -> str:
@@ -148,7 +177,7 @@ def _log_entries(page: Page, direction: str, text: str) -> Locator:
 
 
 @pytest.mark.timeout(120)
-def test_console_end_to_end(browser_available: None, server: str) -> None:
+def test_console_end_to_end(browser_available: None, served: ServeProcess, server: str) -> None:
     expect.set_options(timeout=10_000)
     host = urlsplit(server).netloc
     token = _connect_token()
@@ -296,15 +325,35 @@ def test_console_end_to_end(browser_available: None, server: str) -> None:
             page.evaluate("document.getElementById('controls').scrollTop = 0")
             page.screenshot(path=str(ARTIFACTS / "console.png"))
 
-            # Disconnect; Reconnect opens a new connection and re-subscribes.
+            # Disconnect; Reconnect opens a new connection and re-subscribes, resuming from the
+            # last message seen (nothing was missed).
             page.click("#disconnect")
             expect(page.locator("#status")).to_have_text("disconnected")
             page.click("#reconnect")
             expect(page.locator("#status")).to_have_text("connected")
             expect(page.locator("#connection-id")).not_to_have_text(conn_id)
+            expect(_log_entries(page, "sys", "resumed demo: 0 missed messages")).to_have_count(1)
             expect(page.locator('#subscriptions li[data-channel="demo"]')).to_have_attribute(
                 "data-state", "subscribed"
             )
+
+            # A server restart: the console reconnects on its own and resumes the channel from
+            # the last message it saw, logging "resumed" (a stored message published after the
+            # restart arrives once, replayed or live).
+            before = {"channel": "demo", "event": "before-restart", "data": 1, "store": 3600}
+            assert _http("POST", f"{server}/publish", before, API_KEY)[0] == 202
+            expect(_log_entries(page, "in", "before-restart")).to_have_count(1)
+            served.stop()
+            expect(page.locator("#status")).to_have_text("disconnected")
+            served.start()
+            after = {"channel": "demo", "event": "after-restart", "data": 2, "store": 3600}
+            assert _http("POST", f"{server}/publish", after, API_KEY)[0] == 202
+            expect(page.locator("#status")).to_have_text("connected", timeout=30_000)
+            # the second resume: the first was the Reconnect above
+            expect(_log_entries(page, "sys", "resumed demo")).to_have_count(2, timeout=30_000)
+            expect(_log_entries(page, "in", "after-restart")).to_have_count(1)
+            expect(_log_entries(page, "out", "resumeFrom")).to_have_count(2)
+            expect(_log_entries(page, "sys", "gap on")).to_have_count(0)
             page.click("#disconnect")
             expect(page.locator("#status")).to_have_text("disconnected")
 
