@@ -5,9 +5,9 @@
    (``POST /publish`` arrays of 1000, concurrently), latency = arrival - send. Then the same
    ``--count`` messages scheduled for one second (``at(…)``, accepted ``--lead`` seconds ahead),
    lateness = arrival - due. p50/p99/max in ms.
-2. **Memory**: the server's RSS after ``--pending`` immediate publishes (the request-handling
-   baseline), then after ``--pending`` schedules due in a day; the difference is what pending
-   schedules cost the node in memory (they live in the store).
+2. **Memory**: the server's RSS after ``--pending`` stored publishes (the baseline: the same
+   request handling and database page cache), then after ``--pending`` schedules due in a day;
+   the difference is what pending schedules cost the node in memory (they live in the store).
 
     python bench/schedule_bench.py [--backends sqlite,postgres] [--count 10000] [--pending 100000]
 """
@@ -115,7 +115,9 @@ async def lateness(backend: str, args: argparse.Namespace, workdir: Path) -> dic
         ):
             await ws.recv()  # hotsock.connected
             for channel in channels:
-                await ws.send(orjson.dumps({"event": "hotsock.subscribe", "channel": channel}))
+                await ws.send(
+                    orjson.dumps({"event": "hotsock.subscribe", "channel": channel}).decode()
+                )
                 await ws.recv()
             bodies = [
                 {"channel": channels[n % len(channels)], "event": "tick", "data": n}
@@ -153,8 +155,9 @@ async def memory(backend: str, args: argparse.Namespace, workdir: Path) -> dict[
     try:
         async with aiohttp.ClientSession() as http:
             idle = proc_rss_kib(server.pid)
+            # stored, so the baseline fills the same database pages and caches a schedule does
             bodies = [
-                {"channel": f"bench.{n % 100}", "event": "tick", "data": n}
+                {"channel": f"bench.{n % 100}", "event": "tick", "data": n, "store": 3600}
                 for n in range(args.pending)
             ]
             for i in range(0, len(bodies), 10 * BATCH):  # 10 requests in flight at most
@@ -162,7 +165,9 @@ async def memory(backend: str, args: argparse.Namespace, workdir: Path) -> dict[
             await asyncio.sleep(2)
             after_publishes = proc_rss_kib(server.pid)
             due = at(int(time.time()) + 86400)
-            scheduled = [{**body, "scheduleExpression": due} for body in bodies]
+            scheduled = [
+                {**body, "data": -n, "scheduleExpression": due} for n, body in enumerate(bodies)
+            ]
             started = time.monotonic()
             for i in range(0, len(scheduled), 10 * BATCH):
                 await post_all(http, base, scheduled[i : i + 10 * BATCH])
