@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
-from tests.conftest import API_KEY2, Server, StartServer
+from tests.conftest import API_KEY2, MS, Server, StartServer
 from tests.faults import CuttingProxy
 from tests.services import postgres_schema
 
@@ -128,6 +130,30 @@ async def test_publish_oversized_body_gets_413(server: Server) -> None:
     )
     assert status == 413
     assert isinstance(payload, dict) and payload["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_publish_body_arriving_in_pieces_is_read_whole(server: Server) -> None:
+    """A large body sent in several TCP writes, with pauses between them, is read to its end
+    (a read that returned only what had arrived so far answered 400 "invalid JSON")."""
+    messages = [{"channel": "room", "event": "e", "data": "x" * 100} for _ in range(1000)]
+    raw = orjson.dumps(messages)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 16384):
+            yield raw[start : start + 16384]
+            await asyncio.sleep(5 * MS)
+
+    async with server.http.post(
+        f"{server.base}/publish",
+        data=pieces(),
+        headers={"Authorization": "Bearer test-api-key-1", "Content-Length": str(len(raw))},
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+        assert len(await resp.json()) == 1000
+    status, payload = await _post(
+        server, b"[" + b" " * 300_000 + b"]", {"Authorization": "Bearer test-api-key-1"}
+    )
+    assert (status, payload["error"]["code"]) == (413, "PAYLOAD_TOO_LARGE")
 
 
 async def test_unknown_route_and_wrong_method_are_json(server: Server) -> None:

@@ -54,10 +54,17 @@ async def read_body(request: web.Request) -> bytes:
     limit = request.app[HUB].settings.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {limit} bytes")
-    body = await request.content.read(limit + 1)
+    # read(n) returns what has arrived so far (at most n bytes), not n bytes: read until the
+    # end, or until one byte past the limit proves it too large
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
     if len(body) > limit:
         raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {limit} bytes")
-    return body
+    return bytes(body)
 
 
 async def read_json(request: web.Request) -> Any:
