@@ -6,9 +6,10 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,7 @@ import websockets
 from joserfc import jwt
 from joserfc.jwk import OctKey
 from tests.openapi_check import ResponseChecker, recording_middleware
+from tests.secret_scan import SECRETS
 
 from tidings.config import (
     AuthSettings,
@@ -40,6 +42,36 @@ MS = 0.001 * float(os.environ.get("TIDINGS_TESTS_TIMEOUT_FACTOR", "1"))
 SECRET = b"tidings-test-secret-0123456789abcdef"
 API_KEY = "test-api-key-1"
 API_KEY2 = "test-api-key-2"
+
+SECRETS.add_static(SECRET.decode(), base64.b64encode(SECRET).decode(), API_KEY, API_KEY2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _secret_scan_installed() -> Iterator[None]:
+    """Every log record of the run goes through the secret scan (DEBUG included)."""
+    root = logging.getLogger()
+    root.addHandler(SECRETS)
+    levels = {}
+    for name in ("tidings", "aiohttp"):
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(SECRETS)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_in_logs() -> Iterator[None]:
+    """Fail the test when a server log record of it leaked a token or a secret."""
+    SECRETS.take()
+    yield
+    leaks = SECRETS.take()
+    if leaks:
+        pytest.fail("secrets in the server logs:\n" + "\n".join(leaks[:20]))
 
 
 def make_token(
@@ -162,6 +194,7 @@ class Server:
         client = Client(ws)
         self._clients.append(client)
         client.connected = await client.expect("hotsock.connected")
+        SECRETS.register(client.secret)
         return client
 
     async def publish(self, body: Any, *, key: str = API_KEY, status: int = 202) -> Any:

@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 import websockets
 from tests.conftest import MS, SECRET, Client, make_token
+from tests.secret_scan import SECRETS, scan_file
 from tests.services import (
     POSTGRES_URL,
     REDIS_URL,
@@ -174,6 +175,9 @@ class Cluster:
         for log in self._logs:
             log.close()
         await self._drop_data()
+        leaks = [leak for node in self.nodes for leak in scan_file(SECRETS, node.log)]
+        if leaks:
+            pytest.fail("secrets in the node logs:\n" + "\n".join(leaks[:20]))
 
     async def _drop_data(self) -> None:
         import redis.asyncio as aioredis
