@@ -99,3 +99,12 @@ def test_frame_check_offset_is_zero_for_a_frame_begun_in_an_earlier_chunk() -> N
     check = FrameCheck()
     assert check.receive_data(data[:3]) is None
     assert check.receive_data(data[3:]) == FrameViolation(0, "close code 1006 is not allowed")
+
+
+def test_frame_check_refuses_an_unmasked_frame_whose_header_is_whole_in_the_chunk() -> None:
+    """The fast path (a whole header at hand) refuses an unmasked frame at its offset too."""
+    first = frame(0x1, b"x" * 200)
+    data = first + frame(0x2, bytes(300), masked=False)
+    assert FrameCheck().receive_data(data) == FrameViolation(
+        len(first), "client frames must be masked"
+    )

@@ -74,6 +74,25 @@ class FrameCheck:
                 continue
             if not self._head:
                 self._start = pos
+                # fast path: a whole header in this chunk, not a close frame (the common case)
+                if end - pos >= 14 and data[pos] & 0x0F != _OP_CLOSE:
+                    second = data[pos + 1]
+                    if not second & 0x80:
+                        return FrameViolation(pos, "client frames must be masked")
+                    length = second & 0x7F
+                    if length == 126:
+                        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                        pos += 8
+                    elif length == 127:
+                        length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                        pos += 14
+                    else:
+                        pos += 6
+                    if length > end - pos:
+                        self._skip = length - (end - pos)
+                        break
+                    pos += length
+                    continue
             need = self._header_size()
             take = min(need - len(self._head), end - pos)
             self._head += data[pos : pos + take]
