@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -175,3 +176,26 @@ async def test_state_is_rewritten_after_redis_forgets_it(redis: Any, prefix: str
         assert await a.locate("c1") is None
     finally:
         await a.aclose()
+
+
+async def test_broadcast_waits_for_live_nodes_only(redis: Any, prefix: str) -> None:
+    """Broadcast reaches nodes that answer, ignores stale heartbeats, and reports a live node
+    that stays silent as unavailable."""
+
+    async def control(command: bytes) -> bytes:
+        return b"done:" + command
+
+    answering = node(redis, prefix, "R", control=control)
+    asker = node(redis, prefix, "Q", control=control, forward_timeout=0.3)
+    await answering.start()
+    await asker.start()
+    try:
+        assert await asker.broadcast(b"c") == [b"done:c", b"done:c"]
+        await redis.zadd(f"{prefix}nodes", {"long-dead": 1})
+        assert len(await asker.broadcast(b"c")) == 2
+        await redis.zadd(f"{prefix}nodes", {"silent": int(time.time() * 1000)})
+        with pytest.raises(BrokerUnavailable, match="1 node"):
+            await asker.broadcast(b"c")
+    finally:
+        await answering.aclose()
+        await asker.aclose()

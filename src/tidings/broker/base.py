@@ -18,6 +18,7 @@ from tidings.core.presence import Change
 __all__ = [
     "BrokerStats",
     "Broker",
+    "ControlFn",
     "DeliverFn",
     "Delivery",
     "MAX_CLAIM_TTL_MS",
@@ -67,6 +68,9 @@ DeliverFn = Callable[[str, Sequence[Delivery]], None]
 ServeFn = Callable[[bytes], Awaitable[bytes]]
 """Answers a request another node forwarded for a connection this node holds."""
 
+ControlFn = Callable[[bytes], Awaitable[bytes]]
+"""Runs a cluster-wide command (``Broker.broadcast``) on this node and returns its answer."""
+
 ReapedFn = Callable[[str, "PresenceUpdate | None", "int | None"], Awaitable[None]]
 """Told, per channel, what removing a dead node changed: (channel, presence update or None,
 new subscription count or None), so the hub can announce it."""
@@ -78,11 +82,20 @@ Minter = Callable[[int], str]
 class Broker(Protocol):
     """At-most-once delivery to every interested node, preserving per-channel order."""
 
+    node_id: str
+    """This node's name in the cluster (shown by the moderation API)."""
+
     async def start(
-        self, deliver: DeliverFn, *, serve: ServeFn | None = None, reaped: ReapedFn | None = None
+        self,
+        deliver: DeliverFn,
+        *,
+        serve: ServeFn | None = None,
+        reaped: ReapedFn | None = None,
+        control: ControlFn | None = None,
     ) -> None:
-        """Begin delivering to ``deliver``; answer forwarded requests with ``serve``; report
-        dead nodes' removed state to ``reaped``. Call once, before any other method."""
+        """Begin delivering to ``deliver``; answer forwarded requests with ``serve`` and
+        broadcast commands with ``control``; report dead nodes' removed state to ``reaped``.
+        Call once, before any other method."""
         ...
 
     async def subscribe(self, channel: str) -> None:
@@ -165,6 +178,16 @@ class Broker(Protocol):
     async def forward(self, connection_id: str, request: bytes) -> bytes | None:
         """Have the node holding ``connection_id`` answer ``request`` (through its ``serve``).
         None when no live node holds it; raises when the holder does not answer in time."""
+        ...
+
+    async def broadcast(self, command: bytes) -> list[bytes]:
+        """Have every live node, this one included, run ``command`` through its ``control``
+        and return their answers, one per node that has a ``control``, in no set order.
+
+        Raises:
+            BrokerUnavailable: the broker is unreachable, or a live node did not answer in
+                time (it may still run the command: commands must be idempotent).
+        """
         ...
 
     async def aclose(self) -> None:

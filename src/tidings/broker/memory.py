@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from tidings.broker.base import (
     MAX_CLAIM_TTL_MS,
     Broker,
     BrokerStats,
+    ControlFn,
     DeliverFn,
     Delivery,
     Minter,
@@ -29,7 +31,9 @@ class MemoryBroker:
     """Delivers synchronously to the local hub; claims, presence and counts live in dicts."""
 
     def __init__(self) -> None:
+        self.node_id = secrets.token_hex(8)
         self._deliver: DeliverFn | None = None
+        self._control: ControlFn | None = None
         self._claims: dict[str, tuple[str, float]] = {}  # key -> (value, expires at, monotonic)
         self._expiry: list[tuple[float, str]] = []  # heap to evict claims without full scans
         self._minter = ChannelIdMinter()
@@ -38,9 +42,15 @@ class MemoryBroker:
         self.stats = BrokerStats()  # no server, so no round trips: zeros keep dashboards whole
 
     async def start(
-        self, deliver: DeliverFn, *, serve: ServeFn | None = None, reaped: ReapedFn | None = None
+        self,
+        deliver: DeliverFn,
+        *,
+        serve: ServeFn | None = None,
+        reaped: ReapedFn | None = None,
+        control: ControlFn | None = None,
     ) -> None:
         self._deliver = deliver  # one node: nothing is ever forwarded here, and nothing dies
+        self._control = control
 
     async def subscribe(self, channel: str) -> None:
         return None
@@ -126,8 +136,12 @@ class MemoryBroker:
     async def forward(self, connection_id: str, request: bytes) -> bytes | None:
         return None  # the hub checked its own connections first; there is no other node
 
+    async def broadcast(self, command: bytes) -> list[bytes]:
+        return [] if self._control is None else [await self._control(command)]
+
     async def aclose(self) -> None:
         self._deliver = None
+        self._control = None
 
 
 _: type[Broker] = MemoryBroker

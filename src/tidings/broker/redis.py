@@ -92,6 +92,7 @@ from tidings.broker.base import (
     MAX_CLAIM_TTL_MS,
     Broker,
     BrokerStats,
+    ControlFn,
     DeliverFn,
     Delivery,
     Minter,
@@ -387,11 +388,16 @@ class RedisBroker:
     # Public methods
 
     async def start(
-        self, deliver: DeliverFn, *, serve: ServeFn | None = None, reaped: ReapedFn | None = None
+        self,
+        deliver: DeliverFn,
+        *,
+        serve: ServeFn | None = None,
+        reaped: ReapedFn | None = None,
+        control: ControlFn | None = None,
     ) -> None:
         """Connect the subscriber, start delivering to ``deliver``, and join the cluster state
         (heartbeats, reaping dead nodes into ``reaped``, answering forwarded requests with
-        ``serve``).
+        ``serve`` and broadcast commands with ``control``).
 
         Raises:
             BrokerUnavailable: Redis cannot be reached now (start-up stops, as for the store).
@@ -412,6 +418,7 @@ class RedisBroker:
             node_timeout=self._node_timeout,
             on_reaped=reaped,
             serve=serve,
+            control=control,
             forward_timeout=self._forward_timeout,
         )
         try:
@@ -560,6 +567,9 @@ class RedisBroker:
 
     async def forward(self, connection_id: str, request: bytes) -> bytes | None:
         return await self._call("forward", self._started().forward(connection_id, request))
+
+    async def broadcast(self, command: bytes) -> list[bytes]:
+        return await self._call("broadcast", self._started().broadcast(command))
 
     async def aclose(self) -> None:
         """Leave the cluster state, stop the listener and close every connection. Idempotent."""

@@ -13,7 +13,8 @@ Data model (all keys under the broker's prefix ``P``)::
     P n:{node}:m           STRING  marker: present while Redis remembers the node's state
     P conns                HASH  connection ID -> node holding it
     P rpc:{node}           LIST  Client HTTP API requests forwarded to the node
-    P reply:{request}      LIST  the answer to one forwarded request (expires)
+    P ctl:{node}           LIST  broadcast commands for the node (moderation, revocations)
+    P reply:{request}      LIST  the answers to one forwarded request or broadcast (expires)
 
 Every change of the shared presence state runs as one Lua script, so concurrent joins and leaves
 on several nodes see one consistent order. A channel's ``subscriptionsCount`` is the sum of the
@@ -34,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from tidings.broker.base import PresenceUpdate, ServeFn
+from tidings.broker.base import ControlFn, PresenceUpdate, ServeFn
 from tidings.core.json import dumps
 from tidings.core.presence import Change
 from tidings.errors import BrokerUnavailable, ErrorCode, ProtocolError
@@ -151,6 +152,7 @@ class RedisClusterState:
         node_timeout: float = 30.0,
         on_reaped: ReapedFn | None = None,
         serve: ServeFn | None = None,
+        control: ControlFn | None = None,
         forward_timeout: float = 5.0,
     ) -> None:
         self._redis = redis  # a redis.asyncio.Redis for commands
@@ -164,6 +166,7 @@ class RedisClusterState:
         self._connections: set[str] = set()  # connection IDs this node registered
         self._counts: dict[str, int] = {}  # this node's counted subscriptions, rewritten on beats
         self._serve = serve
+        self._control = control
         self._forward_timeout = forward_timeout  # spec §10.1: answers within 5 s
         self._serving: set[asyncio.Task[None]] = set()
 
@@ -173,7 +176,7 @@ class RedisClusterState:
         await self._beat()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._reaper())]
-        if self._serve is not None:
+        if self._serve is not None or self._control is not None:
             self._tasks.append(loop.create_task(self._answer_forwarded()))
 
     async def aclose(self) -> None:
@@ -290,6 +293,48 @@ class RedisClusterState:
             raise BrokerUnavailable(f"node {node} did not answer in time")
         return bytes(answer[1])
 
+    async def broadcast(self, command: bytes) -> list[bytes]:
+        """Run ``command`` here (through ``control``) and on every other node whose heartbeat
+        is recent; return every answer.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable or a node did not answer in time.
+        """
+        horizon = int((time.time() - self._timeout) * 1000)
+        try:
+            live = [
+                _text(n) for n in await self._redis.zrangebyscore(self._k("nodes"), horizon, "+inf")
+            ]
+            others = [n for n in live if n != self.node_id]
+            request_id = secrets.token_hex(12)
+            if others:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for node in others:
+                        pipe.lpush(self._k(f"ctl:{node}"), request_id.encode() + b"\n" + command)
+                        pipe.pexpire(self._k(f"ctl:{node}"), int(self._timeout * 1000))
+                    await pipe.execute()
+            answers = [] if self._control is None else [await self._control(command)]
+            deadline = time.monotonic() + self._forward_timeout
+            remote: list[bytes] = []
+            while len(remote) < len(others):
+                left = deadline - time.monotonic()
+                item = None
+                if left > 0:
+                    item = await self._redis.blpop([self._k(f"reply:{request_id}")], timeout=left)
+                if item is None:
+                    missing = len(others) - len(remote)
+                    raise BrokerUnavailable(f"{missing} node(s) did not answer in time")
+                remote.append(bytes(item[1]))
+        except (OSError, ConnectionError) as exc:
+            raise BrokerUnavailable("the broker is unreachable") from exc
+        except BrokerUnavailable:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("redis"):
+                raise BrokerUnavailable("the broker is unreachable") from exc
+            raise
+        return answers + remote
+
     # Private methods
 
     def _k(self, name: str) -> str:
@@ -323,12 +368,14 @@ class RedisClusterState:
             await pipe.execute()
 
     async def _answer_forwarded(self) -> None:
-        """Take requests other nodes forwarded to this node and answer each in its own task."""
+        """Take requests other nodes forwarded or broadcast to this node and answer each in
+        its own task."""
         queue = self._k(f"rpc:{self.node_id}")
+        commands = self._k(f"ctl:{self.node_id}")
         failing = False
         while True:
             try:
-                item = await self._redis.blpop([queue], timeout=1)
+                item = await self._redis.blpop([queue, commands], timeout=1)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -341,14 +388,18 @@ class RedisClusterState:
             if item is None:
                 continue
             request_id, _, request = bytes(item[1]).partition(b"\n")
-            task = asyncio.get_running_loop().create_task(self._answer(request_id, request))
+            handler = self._serve if _text(item[0]) == queue else self._control
+            if handler is None:
+                continue  # a node without that hook: the asker times out, as for a dead node
+            task = asyncio.get_running_loop().create_task(
+                self._answer(handler, request_id, request)
+            )
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
 
-    async def _answer(self, request_id: bytes, request: bytes) -> None:
-        assert self._serve is not None
+    async def _answer(self, handler: ServeFn, request_id: bytes, request: bytes) -> None:
         try:
-            answer = await self._serve(request)
+            answer = await handler(request)
             key = self._k(f"reply:{request_id.decode()}")
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.lpush(key, answer)

@@ -50,7 +50,13 @@ class Node:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.received: list[tuple[str, Delivery]] = []
+        self.commands: list[bytes] = []  # what broadcasts ran here, in arrival order
         self._arrived = asyncio.Event()
+
+    async def control(self, command: bytes) -> bytes:
+        """The ``ControlFn`` handed to ``broker.start``: answers ``<node ID>:<command>``."""
+        self.commands.append(command)
+        return self.broker.node_id.encode() + b":" + command
 
     def deliver(self, channel: str, deliveries: Sequence[Delivery]) -> None:
         """The ``DeliverFn`` handed to ``broker.start``."""
@@ -108,7 +114,7 @@ class BrokerContract:
         async def start() -> Node:
             node = Node(make_broker())
             nodes.append(node)
-            await node.broker.start(node.deliver)
+            await node.broker.start(node.deliver, control=node.control)
             return node
 
         try:
@@ -419,3 +425,26 @@ class BrokerContract:
         assert await node.broker.forward("nobody", b"{}") is None
         await node.broker.forget_connection("held-here")
         await node.broker.forget_connection("held-here")
+
+    # Broadcast
+
+    async def test_broker_broadcast_runs_on_every_node_once(self, start_node: NodeFactory) -> None:
+        """``broadcast`` runs the command once on each live node and returns each answer."""
+        nodes = [await start_node()]
+        if self.shared:
+            nodes += [await start_node(), await start_node()]
+        assert len({n.broker.node_id for n in nodes}) == len(nodes)
+        answers = await nodes[0].broker.broadcast(b"kick\nbob")
+        expected = [n.broker.node_id.encode() + b":kick\nbob" for n in nodes]
+        assert sorted(answers) == sorted(expected)
+        assert all(n.commands == [b"kick\nbob"] for n in nodes)
+        again = await nodes[-1].broker.broadcast(b"x")
+        assert len(again) == len(nodes)
+
+    async def test_broker_broadcast_skips_closed_nodes(self, start_node: NodeFactory) -> None:
+        """A node that left the cluster is not waited for."""
+        self.need_shared()
+        a, b = await start_node(), await start_node()
+        await b.broker.aclose()
+        assert await a.broker.broadcast(b"x") == [a.broker.node_id.encode() + b":x"]
+        assert b.commands == []
