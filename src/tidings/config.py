@@ -66,6 +66,7 @@ class AuthSettings:
     audience: str | None = None  # when set, ``aud`` must match
     issuer: str | None = None  # when set, ``iss`` must match
     leeway_seconds: int = 0  # clock leeway for exp/nbf
+    revocation_ttl_seconds: float = 7 * 86_400  # a revocation without expiresAt lasts this long
     dev_mode: bool = False  # keys were generated for this run
 
 
@@ -199,6 +200,11 @@ class Settings:
                 issuer=v.get("token_issuer") or None,
                 leeway_seconds=_int(
                     v.get("token_leeway_seconds", 0), "TOKEN_LEEWAY_SECONDS", 0, 3600
+                ),
+                revocation_ttl_seconds=_num(
+                    v.get("revocation_ttl_seconds", d.auth.revocation_ttl_seconds),
+                    "REVOCATION_TTL_SECONDS",
+                    minimum=1,
                 ),
             ),
             limits=LimitSettings(

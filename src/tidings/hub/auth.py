@@ -9,6 +9,7 @@ import time
 
 from tidings.broker.base import MAX_CLAIM_TTL_MS, Broker
 from tidings.config import Settings
+from tidings.core.revocations import RevocationSet
 from tidings.core.tokens import Claims, Scope, SigningKey, TokenGate, check_binding
 from tidings.errors import ErrorCode, ProtocolError, TokenError
 from tidings.hub.connection import Connection
@@ -21,8 +22,9 @@ log = logging.getLogger("tidings.hub")
 class Auth:
     """Token verification and the cluster-wide claims that make ``singleUse`` single."""
 
-    def __init__(self, *, settings: Settings, broker: Broker) -> None:
+    def __init__(self, *, settings: Settings, broker: Broker, revoked: RevocationSet) -> None:
         self._broker = broker
+        self._revoked = revoked  # kept current by hub/revocations.py
         self._api_keys = tuple(k.value.encode() for k in settings.auth.api_keys)
         self.gate = TokenGate(
             keys=[
@@ -44,6 +46,7 @@ class Auth:
             TokenError: the token is refused; answer 401 ``INVALID_CONNECT_TOKEN``.
         """
         claims = self.gate.verify(token, scope=Scope.CONNECT, now=time.time())
+        self._check_revoked(claims, claims.uid)
         await self._claim(claims, "connect token")
         return claims
 
@@ -52,6 +55,7 @@ class Auth:
         try:
             claims = self.gate.verify(token, scope=Scope.SUBSCRIBE, now=time.time())
             check_binding(claims, connection_id=conn.id, uid=conn.uid)
+            self._check_revoked(claims, claims.uid or conn.uid)
         except TokenError as exc:
             raise ProtocolError(ErrorCode.INVALID_SUBSCRIBE_TOKEN, str(exc), channel=sent) from exc
         return claims
@@ -69,6 +73,7 @@ class Auth:
         try:
             claims = self.gate.verify(token, scope=Scope.UMD, now=time.time())
             check_binding(claims, connection_id=conn.id, uid=conn.uid)
+            self._check_revoked(claims, claims.uid or conn.uid)
         except TokenError as exc:
             raise ProtocolError(ErrorCode.INVALID_UMD_TOKEN, str(exc), channel=sent) from exc
         return claims
@@ -115,6 +120,11 @@ class Auth:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or invalid API key")
 
     # Private methods
+
+    def _check_revoked(self, claims: Claims, uid: str | None) -> None:
+        """Refuse a revoked token (spec §24.2); ``uid`` is the user it acts for."""
+        if self._revoked and self._revoked.find(claims, uid, time.time_ns() // 1_000_000):
+            raise TokenError("token has been revoked")
 
     async def _claim(self, claims: Claims, what: str) -> bool:
         if not claims.single_use or claims.jti is None:

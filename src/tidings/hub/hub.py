@@ -17,6 +17,9 @@ Where things live (see docs/design.md for the whole map)::
     storage.py        channel storage: writes, reads, observers, expiry
     metrics.py        the node's Prometheus metrics
     channel_info.py   getChannelInfo and the admin channel figures
+    control.py        cluster-wide commands (broadcast to every node)
+    moderation.py     disconnect, list, subscribe and unsubscribe connections from the API
+    revocations.py    revoked tokens: cached, refreshed, enforced on live connections
     emitter.py        backend-event payloads
     connection.py     one connection, its bounded queue and its watchdog
 """
@@ -33,7 +36,9 @@ from tidings.broker.base import Broker, BrokerStats, ServeFn
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import new_connection_id, new_connection_secret
+from tidings.core.moderation import Disconnect
 from tidings.core.requests import ServerPublish
+from tidings.core.revocations import RevocationKind, RevocationSet
 from tidings.core.storage import StorageWrite
 from tidings.core.tokens import Claims
 from tidings.errors import CloseCode
@@ -43,15 +48,18 @@ from tidings.hub.auth import Auth
 from tidings.hub.channel_info import ChannelInfo
 from tidings.hub.commands import Commands
 from tidings.hub.connection import Connection, arm_watchdog
+from tidings.hub.control import Control
 from tidings.hub.emitter import Emitter
 from tidings.hub.fanout import Fanout
 from tidings.hub.history import History
 from tidings.hub.metrics import NodeMetrics
+from tidings.hub.moderation import Moderation
 from tidings.hub.outbound import Frame, Outlet
 from tidings.hub.presence import Presence
 from tidings.hub.publishing import Publication, Publisher, PublishResult
 from tidings.hub.reactions import Reactions
 from tidings.hub.recovery import Recovery
+from tidings.hub.revocations import Revocations
 from tidings.hub.scheduler import Scheduler
 from tidings.hub.storage import Storage
 from tidings.hub.subscriptions import Subscriptions
@@ -81,8 +89,11 @@ class Hub:
         self._background = Background()
         self._sweeper: asyncio.Task[None] | None = None
         self._storage_sweeper: asyncio.Task[None] | None = None
+        self._revocation_refresher: asyncio.Task[None] | None = None
         self._emitter = Emitter(events)
-        self._auth = Auth(settings=settings, broker=broker)
+        revoked = RevocationSet()
+        self._auth = Auth(settings=settings, broker=broker, revoked=revoked)
+        self._control = Control(broker=broker)
         self._fanout = Fanout(self.metrics)
         self._publisher = Publisher(
             store=store,
@@ -128,6 +139,23 @@ class Hub:
         self._reactions = Reactions(store=store, publisher=self._publisher)
         self._umd = UmdUpdates(auth=self._auth, presence=presence, emitter=self._emitter)
         self._channel_info = ChannelInfo(broker=broker)
+        self._moderation = Moderation(
+            control=self._control,
+            node_id=broker.node_id,
+            connections=self.connections,
+            subscriptions=self._subscriptions,
+            close=self.close_connection,
+        )
+        self._revocations = Revocations(
+            store=store,
+            control=self._control,
+            revoked=revoked,
+            connections=self.connections,
+            close=self.close_connection,
+            ttl_seconds=settings.auth.revocation_ttl_seconds,
+            leeway_seconds=settings.auth.leeway_seconds,
+            refresh_interval=settings.timeouts.sweep_interval_seconds,
+        )
         self._commands = Commands(
             subscriptions=self._subscriptions,
             publisher=self._publisher,
@@ -142,15 +170,20 @@ class Hub:
     async def start(self, *, serve: ServeFn | None = None) -> None:
         """Open the backends; ``serve`` answers Client HTTP API calls other nodes forward."""
         await self._store.open()
+        await self._revocations.load()  # before any connection: revoked tokens stay out
         if self._events is not None:
             await self._events.start()
         await self._broker.start(
-            self._fanout.deliver, serve=serve, reaped=self._subscriptions.on_reaped
+            self._fanout.deliver,
+            serve=serve,
+            reaped=self._subscriptions.on_reaped,
+            control=self._control.serve,
         )
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._history.sweep_forever())
         self._storage_sweeper = loop.create_task(self._storage.sweep_forever())
         self._scheduler.start()
+        self._revocation_refresher = loop.create_task(self._revocations.refresh_forever())
 
     async def drain(self) -> None:
         """Graceful stop: close every connection with 1001, finish queued publications, flush
@@ -163,7 +196,7 @@ class Hub:
         await asyncio.gather(*(self.close_connection(conn) for conn in conns))
         await self._scheduler.stop(self.settings.timeouts.drain_seconds)
         await self._publisher.drain(self.settings.timeouts.drain_seconds)
-        for sweeper in (self._sweeper, self._storage_sweeper):
+        for sweeper in (self._sweeper, self._storage_sweeper, self._revocation_refresher):
             if sweeper is not None:
                 sweeper.cancel()
                 await asyncio.gather(sweeper, return_exceptions=True)
@@ -411,3 +444,39 @@ class Hub:
     async def sweep_storage(self) -> int:
         """Delete the expired storage entries now (the sweeper does it periodically)."""
         return await self._storage.sweep()
+
+    # Moderation and revocation (spec §24.2)
+
+    async def disconnect(
+        self, how: Disconnect, *, connection_id: str | None = None, uid: str | None = None
+    ) -> int:
+        """Close a connection or every connection of a user, cluster-wide; how many closed.
+        Raises ``NOT_FOUND`` when there was none."""
+        return await self._moderation.disconnect(how, connection_id=connection_id, uid=uid)
+
+    async def user_connections(self, uid: str) -> list[dict[str, Any]]:
+        """``uid``'s live connections on every node: id, node, connectedAt, channels."""
+        return await self._moderation.connections(uid)
+
+    async def subscribe_connection(self, connection_id: str, body: dict[str, Any]) -> None:
+        """Server-side subscribe of a live connection (a validated ``parse_server_subscribe``
+        body)."""
+        await self._moderation.subscribe(connection_id, body)
+
+    async def unsubscribe(
+        self, channel: str, *, connection_id: str | None = None, uid: str | None = None
+    ) -> int:
+        """Server-side unsubscribe of a connection or a user; how many subscriptions ended."""
+        return await self._moderation.unsubscribe(channel, connection_id=connection_id, uid=uid)
+
+    async def revoke(self, body: Any) -> dict[str, Any]:
+        """Store and apply a revocation (``POST /revocations`` body) on every node."""
+        return await self._revocations.revoke(body)
+
+    async def revocations(self) -> list[dict[str, Any]]:
+        """The revocations in force."""
+        return await self._revocations.in_force()
+
+    async def unrevoke(self, kind: RevocationKind, value: str) -> None:
+        """Delete a revocation everywhere; ``NOT_FOUND`` when none is in force."""
+        await self._revocations.unrevoke(kind, value)

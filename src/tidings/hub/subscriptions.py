@@ -9,6 +9,7 @@ from tidings.broker.base import Broker, PresenceUpdate
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.json import dumps
+from tidings.core.moderation import ServerSubscribe
 from tidings.core.names import is_presence
 from tidings.core.permissions import Permissions
 from tidings.core.presence import Change
@@ -91,11 +92,40 @@ class Subscriptions:
         sub_claims = None if token is None else self._auth.verify_subscribe(token, conn, sent)
         extra = sub_claims.grants.alias_target if sub_claims is not None else None
         sent, channel = resolve_sent(conn, sent, extra)
-        sub = self._admit(conn, sent, channel, sub_claims, auto)
+        sub = self._admit(conn, sent, channel, sub_claims, auto=auto)
         consumed = sub_claims is not None and await self._auth.consume_subscribe(sub_claims, sent)
+        given_back = sub_claims if consumed else None
+        return await self._create(conn, sent, sub, given_back, resume, resume_from)
+
+    async def subscribe_server(self, conn: Connection, request: ServerSubscribe) -> Subscription:
+        """A server-side subscribe (spec §24.2): the request's directives are layered over the
+        connect token as a subscribe token's would be, and no ``subscribe`` grant is needed.
+        The client gets ``hotsock.subscribed`` with ``autoSubscribed: true``, so hotsock-js
+        keeps the channel although the app never bound it.
+
+        Raises:
+            ProtocolError: ``ALREADY_SUBSCRIBED``, ``PRESENCE_CHANNEL_USER_ID_REQUIRED``,
+                ``PRESENCE_CHANNEL_CAPACITY_REACHED`` or the subscription limit.
+        """
+        channel = request.channel
+        sub = self._admit(conn, channel, channel, request, auto=True, forced=True)
+        return await self._create(conn, channel, sub, None, False, None)
+
+    async def _create(
+        self,
+        conn: Connection,
+        sent: str,
+        sub: Subscription,
+        given_back: Claims | None,
+        resume: bool,
+        resume_from: object,
+    ) -> Subscription:
+        """Spec §6.1 steps 5-7 for an admitted subscription; ``given_back`` is a consumed
+        ``singleUse`` token to release when the subscribe fails; ``resume`` as for
+        ``subscribe``."""
+        channel, auto = sub.channel, sub.auto
         if conn.closed or channel in conn.subscriptions:  # changed while awaiting the claim
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED, "already subscribed", channel=sent)
-        given_back = sub_claims if consumed else None
         update = None
         if is_presence(channel) and sub.uid:
             try:
@@ -186,9 +216,18 @@ class Subscriptions:
     # Private methods
 
     def _admit(
-        self, conn: Connection, sent: str, channel: str, sub_claims: Claims | None, auto: bool
+        self,
+        conn: Connection,
+        sent: str,
+        channel: str,
+        sub_claims: Claims | ServerSubscribe | None,
+        *,
+        auto: bool,
+        forced: bool = False,
     ) -> Subscription:
-        """The checks that need no round trip; returns the subscription to be made."""
+        """The checks that need no round trip; returns the subscription to be made.
+        ``sub_claims`` layers its grants, uid and umd over the connect token's; ``forced``
+        (an operator's subscribe) skips the ``subscribe`` permission."""
         if channel in conn.subscriptions:
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED, "already subscribed", channel=sent)
         if len(conn.subscriptions) >= self._max_subscriptions:
@@ -198,7 +237,7 @@ class Subscriptions:
                 channel=sent,
             )
         perms = Permissions(conn.claims.grants, sub_claims.grants if sub_claims else None)
-        if not perms.can_subscribe(channel):
+        if not forced and not perms.can_subscribe(channel):
             raise ProtocolError(
                 ErrorCode.SUBSCRIBE_PERMISSION_DENIED,
                 "subscribe not permitted for channel",

@@ -15,7 +15,16 @@ from tidings.broker.base import Broker
 from tidings.config import Settings
 from tidings.events import WebhookEndpoint, build_event_bus
 from tidings.hub.hub import Hub
-from tidings.server import admin_api, client_api, health, openapi, publish_api, schedule_api
+from tidings.server import (
+    admin_api,
+    client_api,
+    health,
+    moderation_api,
+    openapi,
+    publish_api,
+    revocations_api,
+    schedule_api,
+)
 from tidings.server.client_api import serve_forwarded
 from tidings.server.health import READY
 from tidings.server.http import HUB, error_middleware
@@ -39,7 +48,16 @@ def create_app(hub: Hub) -> web.Application:
     app[READY] = asyncio.Event()
     app.router.add_get("/", websocket_handler)
     app.router.add_get("/v1", websocket_handler)
-    for module in (publish_api, client_api, admin_api, schedule_api, health, openapi):
+    for module in (
+        publish_api,
+        client_api,
+        admin_api,
+        schedule_api,
+        moderation_api,
+        revocations_api,
+        health,
+        openapi,
+    ):
         app.router.add_routes(module.routes)
     app.router.add_get("/console", _console_redirect)
     app.router.add_get("/console/", _console_index)
