@@ -96,6 +96,8 @@ class Revocations:
             await asyncio.sleep(self._interval)
             try:
                 await self.refresh()
+            except UNAVAILABLE as exc:  # an outage, not a bug: no traceback every interval
+                log.warning("! refreshing revocations failed: %s", exc)
             except Exception:
                 log.exception("! refreshing revocations failed")
 
@@ -136,6 +138,8 @@ class Revocations:
 
     async def _enforce(self) -> int:
         """Close this node's connections whose connect token is revoked; how many."""
+        if not self.revoked:
+            return 0
         now = now_ms()
         doomed = [
             c
