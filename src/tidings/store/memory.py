@@ -105,9 +105,11 @@ class MemoryStore:
         self._schedule_heap: list[tuple[int, str]] = []
         self._revocations: dict[tuple[str, str], Revocation] = {}  # (kind, value) -> revocation
         self._storage: dict[str, _Storage] = {}  # channel -> its entries
-        # (expires_ms, channel, key): sweep_storage's heap; an entry rewritten since is checked
-        # against its current expiry
+        # (expires_ms, channel, key): sweep_storage's heap. A key's current item is the instant
+        # in _storage_due (an earlier one supersedes it); a popped key whose entry lives longer
+        # now is pushed again, so refreshing an entry's expiry over and over does not grow it
         self._storage_expiry: list[tuple[int, str, str]] = []
+        self._storage_due: dict[tuple[str, str], int] = {}
         # dedup_id -> (message ID, expires_ms), and sweep_dedup's heap of (expires_ms, dedup_id);
         # an entry whose dedup_id was claimed again since is skipped
         self._dedup: dict[str, tuple[str, int]] = {}
@@ -390,7 +392,7 @@ class MemoryStore:
                 state = self._storage[change.channel] = _Storage()
             state.put(row)
             if row.expires_ms is not None:
-                heapq.heappush(self._storage_expiry, (row.expires_ms, row.channel, row.key))
+                self._schedule_sweep(row.channel, row.key, row.expires_ms)
         return outcomes
 
     async def get_storage(self, channel: str, key: str, *, now_ms: int) -> StorageEntry | None:
@@ -436,11 +438,18 @@ class MemoryStore:
         swept: list[StorageEntry] = []
         expiry = self._storage_expiry
         while len(swept) < limit and expiry and expiry[0][0] <= now_ms:
-            _, channel, key = heapq.heappop(expiry)
+            due, channel, key = heapq.heappop(expiry)
+            if self._storage_due.get((channel, key)) != due:
+                continue  # superseded by an earlier instant for the same key
+            del self._storage_due[(channel, key)]
             state = self._storage.get(channel)
             entry = None if state is None else state.entries.get(key)
-            if state is None or entry is None or _live(entry.expires_ms, now_ms):
-                continue  # deleted or rewritten since
+            if state is None or entry is None:
+                continue  # deleted since
+            if entry.expires_ms is None or entry.expires_ms > now_ms:
+                if entry.expires_ms is not None:  # rewritten with a later expiry
+                    self._schedule_sweep(channel, key, entry.expires_ms)
+                continue
             self._drop(state, channel, key)
             swept.append(entry)
         return swept
@@ -457,6 +466,7 @@ class MemoryStore:
         self._reaction_expiry.clear()
         self._storage.clear()
         self._storage_expiry.clear()
+        self._storage_due.clear()
         self._dedup.clear()
         self._dedup_expiry.clear()
 
@@ -470,6 +480,12 @@ class MemoryStore:
         """Whether a heap entry still describes its schedule."""
         entry = self._schedules.get(schedule_id)
         return entry is not None and entry[1] == next_ms
+
+    def _schedule_sweep(self, channel: str, key: str, expires_ms: int) -> None:
+        due = self._storage_due.get((channel, key))
+        if due is None or expires_ms < due:
+            self._storage_due[(channel, key)] = expires_ms
+            heapq.heappush(self._storage_expiry, (expires_ms, channel, key))
 
     def _drop(self, state: _Storage, channel: str, key: str) -> None:
         state.delete(key)
