@@ -35,6 +35,7 @@ class FlakyStore(MemoryStore):
         self.fail_next_schedule = 0
         self.fail_append = 0
         self.fail_add = 0
+        self.fail_complete = 0
 
     async def next_schedule_ms(self) -> int | None:
         if self.fail_next_schedule:
@@ -47,6 +48,12 @@ class FlakyStore(MemoryStore):
             self.fail_append -= 1
             raise StoreUnavailable("cannot write now")
         return await super().append(records)
+
+    async def complete_schedules(self, schedule_ids: Sequence[str]) -> None:
+        if self.fail_complete:
+            self.fail_complete -= 1
+            raise StoreUnavailable("cannot write now")
+        await super().complete_schedules(schedule_ids)
 
     async def add_schedules(self, records: Sequence[ScheduleRecord]) -> None:
         if self.fail_add:
@@ -155,6 +162,21 @@ async def test_scheduler_retries_a_failed_publication_after_its_lease(rig: Rig) 
     assert await rig.wait_delivered(1) == ["stored"]
     [record] = await rig.store.list_messages("room", now_ms=now_ms())
     assert record.data == '"stored"'
+
+
+@pytest.mark.parametrize("store", [0, 60], ids=["unstored", "stored"])
+async def test_scheduler_never_delivers_twice_when_completion_is_lost(rig: Rig, store: int) -> None:
+    """A schedule whose completion was lost (as if its node died right after delivering) is
+    claimed again after its lease; the repeated run is a duplicate and delivers nothing."""
+    rig.store.fail_complete = 1
+    await rig.schedule("once", store=store)
+    assert await rig.wait_delivered(1) == ["once"]
+    await until(lambda: rig.store.fail_complete == 0)
+    await until(lambda: not rig.store._schedules)  # claimed again after 300 ms, then completed
+    await asyncio.sleep(100 * MS)
+    assert [frame["data"] for frame in rig.delivered] == ["once"]
+    if store:
+        assert len(await rig.store.list_messages("room", now_ms=now_ms())) == 1
 
 
 async def test_scheduler_refuses_a_schedule_it_cannot_store(rig: Rig) -> None:

@@ -13,8 +13,10 @@ one loop per node that claims due schedules and hands them to their channel lane
 
 Nothing per schedule lives in memory: the node keeps only the next due time, so pending
 schedules cost their rows in the store. A claim holds its schedules for a lease; if this node
-dies after claiming, another runs them once the lease ends. The poll interval bounds how late
-a node notices a schedule another node accepted (or left behind).
+dies after claiming, another runs them once the lease ends. A scheduled message carries a
+deduplication ID (its own ``deduplicationId``, else one made of the schedule ID), so running it
+again within the 5-minute deduplication window delivers nothing twice. The poll interval bounds
+how late a node notices a schedule another node accepted (or left behind).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Scheduler:
         poll_seconds: float = 1.0,
         lease_ms: int = 60_000,
         batch: int = 500,
+        in_flight: int = 4,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -64,6 +67,9 @@ class Scheduler:
         self._poll_seconds = poll_seconds  # longest sleep: how soon other nodes' work is seen
         self._lease_ms = lease_ms  # how long a claim keeps its schedules from other nodes
         self._batch = batch  # schedules claimed (and run concurrently) at once
+        # claimed batches still running: the next claim need not wait for their delivery
+        self._slots = asyncio.Semaphore(in_flight)
+        self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()  # set by an insert due before the loop's planned wake-up
         self._wake_at_ms = 0  # when the sleeping loop means to look again (Unix ms)
         self._adds: list[tuple[ScheduleRecord, asyncio.Future[None]]] = []
@@ -160,6 +166,12 @@ class Scheduler:
         if not done:
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        running = list(self._running)
+        if running:
+            _, late = await asyncio.wait(running, timeout=timeout)
+            for batch in late:
+                batch.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     # Private methods
 
@@ -237,12 +249,22 @@ class Scheduler:
         now = now_ms()
         next_ms = await self._store.next_schedule_ms()
         if next_ms is not None and next_ms <= now:
-            batch = await self._store.claim_schedules(
-                now_ms=now, limit=self._batch, lease_ms=self._lease_ms
-            )
+            await self._slots.acquire()
+            try:
+                batch = await self._store.claim_schedules(
+                    now_ms=now, limit=self._batch, lease_ms=self._lease_ms
+                )
+            except BaseException:
+                self._slots.release()
+                raise
             if batch:
-                await self._execute(batch)
+                # its messages enter their lanes before the next claim runs (the task starts at
+                # the loop's next await), so same-channel schedules keep their due order
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
                 return
+            self._slots.release()
             # another node holds them (its claim is still committing): look again shortly
             await self._sleep(min(self._poll_seconds, 0.05))
             return
@@ -262,6 +284,17 @@ class Scheduler:
         finally:
             self._wake.clear()
             self._wake_at_ms = 0
+
+    async def _run_batch(self, batch: list[ScheduleRecord]) -> None:
+        try:
+            await self._execute(batch)
+        except Exception as exc:  # the batch stays claimed and runs again after its lease
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("! scheduler cannot reach the store: %s", exc)
+            else:
+                log.exception("! running scheduled batch failed")
+        finally:
+            self._slots.release()
 
     async def _execute(self, batch: list[ScheduleRecord]) -> None:
         """Run claimed schedules concurrently (each in its channel's lane), then forget those
@@ -340,7 +373,10 @@ def _publication(record: ScheduleRecord) -> Publication:
         connection_id=p["connectionId"],
         source_ip=p["sourceIp"],
         user_agent=p["userAgent"],
-        dedup_id=p["dedup"],
+        # a run repeated after a lost completion (the node died after delivering) is then a
+        # duplicate, answered without a second delivery: the claim or the stored
+        # deduplicationId outlives the lease
+        dedup_id=p["dedup"] or f"schedule:{record.id}",
         emit_event=p["emit"],
         request_id=p["requestId"],
         id=p["id"],
