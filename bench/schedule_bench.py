@@ -5,9 +5,10 @@
    (``POST /publish`` arrays of 1000, concurrently), latency = arrival - send. Then the same
    ``--count`` messages scheduled for one second (``at(…)``, accepted ``--lead`` seconds ahead),
    lateness = arrival - due. p50/p99/max in ms.
-2. **Memory**: the server's RSS after ``--pending`` stored publishes (the baseline: the same
-   request handling and database page cache), then after ``--pending`` schedules due in a day;
-   the difference is what pending schedules cost the node in memory (they live in the store).
+2. **Memory**: the server's RSS after ``--pending`` stored publishes, after ``--pending`` more
+   (the baseline: what the same request handling and database page cache grow by), then after
+   ``--pending`` schedules due in a day, and after ``--pending`` more. Growth per schedule would
+   show as a second step as large as the first; schedules live in the store.
 
     python bench/schedule_bench.py [--backends sqlite,postgres] [--count 10000] [--pending 100000]
 """
@@ -152,39 +153,42 @@ async def memory(backend: str, args: argparse.Namespace, workdir: Path) -> dict[
     schema = f"bench_sched_{secrets.token_hex(4)}"
     server = server_for(backend, workdir, args.postgres_url, schema)
     base = f"http://{HOST}:{server.port}"
+    rss: dict[str, float] = {}
+
+    async def load(http: aiohttp.ClientSession, bodies: list[dict[str, Any]]) -> float:
+        started = time.monotonic()
+        for i in range(0, len(bodies), 10 * BATCH):  # 10 requests in flight at most
+            await post_all(http, base, bodies[i : i + 10 * BATCH])
+        return time.monotonic() - started
+
     try:
         async with aiohttp.ClientSession() as http:
-            idle = proc_rss_kib(server.pid)
-            # stored, so the baseline fills the same database pages and caches a schedule does
-            bodies = [
-                {"channel": f"bench.{n % 100}", "event": "tick", "data": n, "store": 3600}
-                for n in range(args.pending)
-            ]
-            for i in range(0, len(bodies), 10 * BATCH):  # 10 requests in flight at most
-                await post_all(http, base, bodies[i : i + 10 * BATCH])
-            await asyncio.sleep(2)
-            after_publishes = proc_rss_kib(server.pid)
+            rss["idle"] = proc_rss_kib(server.pid) / 1024
             due = at(int(time.time()) + 86400)
-            scheduled = [
-                {**body, "data": -n, "scheduleExpression": due} for n, body in enumerate(bodies)
+            n = args.pending
+            # stored, so the baseline fills the same kind of database pages and caches
+            stored = [
+                {"channel": f"bench.{i % 100}", "event": "tick", "data": i, "store": 3600}
+                for i in range(n)
             ]
-            started = time.monotonic()
-            for i in range(0, len(scheduled), 10 * BATCH):
-                await post_all(http, base, scheduled[i : i + 10 * BATCH])
-            accept_s = time.monotonic() - started
-            await asyncio.sleep(2)
-            after_schedules = proc_rss_kib(server.pid)
+            for phase, bodies in (
+                ("stored", stored),
+                ("stored_again", [{**b, "data": -b["data"] - 1} for b in stored]),
+                ("schedules", [{**b, "scheduleExpression": due} for b in stored]),
+                (
+                    "schedules_again",
+                    [{**b, "data": -b["data"] - 1, "scheduleExpression": due} for b in stored],
+                ),
+            ):
+                seconds = await load(http, bodies)
+                await asyncio.sleep(2)
+                rss[phase] = proc_rss_kib(server.pid) / 1024
+                rss[f"{phase}_per_s"] = n / seconds
     finally:
         server.stop()
         if backend == "postgres":
             await drop_schema(args.postgres_url, schema)
-    return {
-        "backend": backend,
-        "idle_mib": idle / 1024,
-        "after_publishes_mib": after_publishes / 1024,
-        "after_schedules_mib": after_schedules / 1024,
-        "accept_per_s": args.pending / accept_s,
-    }
+    return {"backend": backend, "pending": args.pending, "rss_mib": rss}
 
 
 async def main() -> None:
