@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from tests.conftest import MS, Client, Server, StartServer, make_token
 
 from tidings.config import Settings
@@ -312,3 +313,75 @@ def test_resume_cap_setting_reads_the_environment() -> None:
     assert loaded.limits.resume_max_messages == 5
     with pytest.raises(ConfigError, match="TIDINGS_RESUME_MAX_MESSAGES"):
         Settings.load(environ={"TIDINGS_RESUME_MAX_MESSAGES": "-1"})
+
+
+async def test_resume_on_an_observed_channel_sends_entries_then_replay(server: Server) -> None:
+    """With channel storage observed, hotsock.subscribed comes first, then the live entries,
+    then the replayed messages."""
+    claims = {
+        "channels": {
+            "room": {
+                "subscribe": True,
+                "historyStart": 0,
+                "messages": STORED,
+                "storage": {"*": {"observe": True}},
+            }
+        }
+    }
+    write = {"channel": "room", "event": "hotsock.channelStorageSet", "key": "mode", "data": "x"}
+    await server.publish(write)
+    ids = await publish(server, 3)
+    client = await server.connect(claims)
+    assert (await resume(client, ids[0]))["data"] == {"resumed": True, "replayed": 2}
+    entry = await client.expect("hotsock.channelStorageUpdated")
+    assert entry["key"] == "mode"
+    assert await message_ids(client, 2) == ids[1:]
+    await client.nothing()
+
+
+async def test_resume_buffer_over_the_queue_bound_closes_slow_consumer(
+    start_server: StartServer,
+) -> None:
+    """Live frames held during a replay count against the connection's queue bound: past it,
+    the connection is closed 1013 like any slow consumer, and the node stays healthy."""
+    gated: list[GatedStore] = []
+
+    def wrap(store: Any) -> Any:
+        gated.append(GatedStore(store))
+        return gated[0]
+
+    server = await start_server(wrap_store=wrap, queue_max_frames=2)
+    store = gated[0]
+    store.gate.set()
+    ids = await publish(server, 1)
+    store.gate.clear()
+    client = await server.connect(HISTORY)
+    await client.send(
+        {"event": "hotsock.subscribe", "channel": "room", "data": {"resumeFrom": ids[0]}}
+    )
+    await asyncio.wait_for(store.reading.wait(), 2000 * MS)
+    await publish(server, 3, store=0)
+    store.gate.set()
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        for _ in range(10):
+            await client.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    other = await server.connect(HISTORY)
+    assert (await resume(other, ids[0]))["data"]["resumed"] is True
+
+
+async def test_resume_tight_reconnect_loop_leaves_the_server_healthy(server: Server) -> None:
+    """A client reconnecting and resuming in a tight loop costs the server nothing lasting."""
+    ids = await publish(server, 5)
+    for _ in range(100):
+        client = await server.connect(HISTORY)
+        await resume(client, ids[0])
+        await client.close()
+    for _ in range(400):
+        if not server.hub.connections:
+            break
+        await asyncio.sleep(5 * MS)
+    assert not server.hub.connections
+    assert await server.hub.subscriptions_count("room") == 0
+    async with server.http.get(f"{server.base}/healthz") as resp:
+        assert resp.status == 200
