@@ -71,9 +71,8 @@ async def test_client_subscribe_iterate_handlers_and_send(server: Server) -> Non
             everything.append(message.event)
 
         remove = client.on("*", record)
-        stream = client.channel("room")
+        stream = client.channel("room")  # registered at once: nothing after this is missed
         first = asyncio.ensure_future(take(stream, 2))
-        await asyncio.sleep(10 * MS)  # the iterator registers when first awaited
         published = await publish(server.http, server.base, 1)
         await client.send_message("room", "chat", {"text": "hi"})
         got = await first
@@ -183,7 +182,6 @@ async def test_client_reconnects_with_fresh_token_and_resumes(server: Server) ->
         client.on("hotsock.subscribed", on_subscribed)
         stream = client.channel("room")
         reading = asyncio.ensure_future(take(stream, 4))
-        await asyncio.sleep(10 * MS)
         before = await publish(server.http, server.base, 0)
         await asyncio.sleep(50 * MS)  # let the first message reach the client
         for conn in list(server.hub.connections.values()):
@@ -256,7 +254,6 @@ async def test_client_survives_server_restart_mid_stream(tmp_path: Path) -> None
         stream = client.channel("room")
         total = 120
         reading = asyncio.ensure_future(take_until(stream, total))
-        await asyncio.sleep(10 * MS)
 
         async def publisher() -> None:
             i = 0
@@ -292,3 +289,20 @@ async def take_until(stream: AsyncIterator[Message], count: int) -> list[str]:
         if len(got) == count:
             break
     return got
+
+
+async def test_client_channel_stream_ends_on_close_and_aclose(server: Server) -> None:
+    """A stream closed with aclose() stops holding messages; closing the client ends every
+    stream's loop."""
+    client = Client(server.ws_url, token=make_token(ROOM))
+    await client.connect()
+    await client.subscribe("room")
+    async with client.channel("room") as dropped:
+        pass
+    stream = client.channel("room")
+    await publish(server.http, server.base, 1)
+    (got,) = await take(stream, 1)
+    assert got.event == "tick"
+    await client.aclose()
+    assert [m async for m in stream] == []
+    assert dropped._queue.empty()  # never fed after aclose()

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 from tidings.sdk import webhooks
-from tidings.sdk.client import Client, ClientError, Member, Message, Subscribed
+from tidings.sdk.client import ChannelStream, Client, ClientError, Member, Message, Subscribed
 from tidings.sdk.issuer import Issuer
 from tidings.sdk.publisher import AsyncPublisher, Publisher, PublishError, PublishResult
 from tidings.sdk.webhooks import WebhookVerificationError
 
 __all__ = [
     "AsyncPublisher",
+    "ChannelStream",
     "Client",
     "ClientError",
     "Issuer",

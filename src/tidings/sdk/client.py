@@ -39,7 +39,7 @@ import orjson
 
 from tidings.errors import TidingsError
 
-__all__ = ["Client", "ClientError", "Member", "Message", "Subscribed"]
+__all__ = ["ChannelStream", "Client", "ClientError", "Member", "Message", "Subscribed"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,36 @@ class Subscribed:
     resumed: bool | None
     replayed: int
     members: list[Member] | None
+
+
+class ChannelStream:
+    """An async iterator over one channel's messages, registered from its creation on (so
+    nothing published between ``client.channel()`` and the first ``await`` is missed)."""
+
+    def __init__(self, streams: set[asyncio.Queue[Message]], size: int) -> None:
+        self._streams = streams  # the client's queues for this channel
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(size)
+        streams.add(self._queue)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        message = await self._queue.get()
+        if not message.event:  # the client closed
+            self._streams.discard(self._queue)
+            raise StopAsyncIteration
+        return message
+
+    async def aclose(self) -> None:
+        """Stop receiving; messages not yet taken are dropped."""
+        self._streams.discard(self._queue)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class _Channel:
@@ -280,19 +310,12 @@ class Client:
         handlers.append(handler)
         return lambda: handlers.remove(handler) if handler in handlers else None
 
-    async def channel(self, name: str) -> AsyncIterator[Message]:
-        """Iterate over the channel messages of ``name`` (not ``hotsock.*`` events) from now on,
-        across reconnects, until the client closes. Subscribe separately."""
-        queue: asyncio.Queue[Message] = asyncio.Queue(self._queue_size)
-        self._streams.setdefault(name, set()).add(queue)
-        try:
-            while True:
-                message = await queue.get()
-                if not message.event:
-                    return
-                yield message
-        finally:
-            self._streams.get(name, set()).discard(queue)
+    def channel(self, name: str) -> ChannelStream:
+        """The channel messages of ``name`` (not ``hotsock.*`` events) from this call on, across
+        reconnects, until the client closes: ``async for message in client.channel(name)``.
+        Subscribe separately. Leaving the loop early: call ``aclose()`` on the stream (or use it
+        as ``async with``) so it stops holding messages."""
+        return ChannelStream(self._streams.setdefault(name, set()), self._queue_size)
 
     # Client HTTP API (spec §10)
 
