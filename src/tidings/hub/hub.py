@@ -301,6 +301,8 @@ class Hub:
     async def start_connection(self, conn: Connection) -> None:
         """Register the connection cluster-wide, then run its ``autoSubscribe`` (spec §6.5)."""
         await self._broker.register_connection(conn.id)
+        if self._revocations.refuses(conn):
+            return  # revoked between the handshake's check and now; closed with 4501
         await self._subscriptions.auto_subscribe(conn)
 
     async def close_connection(self, conn: Connection) -> None:

@@ -90,6 +90,15 @@ class Revocations:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no revocation of {kind.value} {value!r}")
         await self._everywhere("unrevoke", self._on_unrevoke, kind=kind.value, value=value)
 
+    def refuses(self, conn: Connection) -> bool:
+        """Close ``conn`` (4501) when its connect token is revoked by now: a revocation that
+        reached this node between the handshake's check and the connection's registration
+        was not applied to it."""
+        if not self.revoked or self.revoked.find(conn.claims, conn.claims.uid, now_ms()) is None:
+            return False
+        conn.close(CloseCode.REVOKED, "token revoked")
+        return True
+
     async def refresh_forever(self) -> None:
         """Every interval: sweep expired revocations, re-read the rest, enforce them."""
         while True:
