@@ -196,6 +196,7 @@ async def test_broadcast_waits_for_live_nodes_only(redis: Any, prefix: str) -> N
         await redis.zadd(f"{prefix}nodes", {"silent": int(time.time() * 1000)})
         with pytest.raises(BrokerUnavailable, match="1 node"):
             await asker.broadcast(b"c")
+        assert await redis.llen(f"{prefix}ctl:silent") == 0  # withdrawn: never run late
     finally:
         await answering.aclose()
         await asker.aclose()

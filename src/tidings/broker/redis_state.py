@@ -307,10 +307,11 @@ class RedisClusterState:
             ]
             others = [n for n in live if n != self.node_id]
             request_id = secrets.token_hex(12)
+            item_sent = request_id.encode() + b"\n" + command
             if others:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for node in others:
-                        pipe.lpush(self._k(f"ctl:{node}"), request_id.encode() + b"\n" + command)
+                        pipe.lpush(self._k(f"ctl:{node}"), item_sent)
                         pipe.pexpire(self._k(f"ctl:{node}"), int(self._timeout * 1000))
                     await pipe.execute()
             answers = [] if self._control is None else [await self._control(command)]
@@ -322,6 +323,12 @@ class RedisClusterState:
                 if left > 0:
                     item = await self._redis.blpop([self._k(f"reply:{request_id}")], timeout=left)
                 if item is None:
+                    # withdraw it where it was not taken yet: a node that comes back later
+                    # must not run a command whose caller was told it failed
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for node in others:
+                            pipe.lrem(self._k(f"ctl:{node}"), 1, item_sent)
+                        await pipe.execute()
                     missing = len(others) - len(remote)
                     raise BrokerUnavailable(f"{missing} node(s) did not answer in time")
                 remote.append(bytes(item[1]))
