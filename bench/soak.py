@@ -236,7 +236,8 @@ async def amain(args: argparse.Namespace) -> str:
         "|---|---|---|---|",
     ]
     step = max(1, len(samples) // 12)
-    for t, rss, fds, received in samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else []):
+    shown = samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
+    for t, rss, fds, received in shown:
         out.append(f"| {t:.0f} | {rss / 1024:.1f} | {fds} | {received:,} |")
     return "\n".join(out)
 
