@@ -105,6 +105,33 @@ async def test_postgres_store_refuses_newer_schema(schema: str) -> None:
 
 
 @pytest.mark.integration
+async def test_postgres_store_schedule_queries_can_use_the_next_index(schema: str) -> None:
+    """The wake-up lookup and the claim's row selection can be answered from the ``next_ms``
+    index, so pending schedules need not be scanned."""
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    await store.open()
+    await store.aclose()
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        table = store.schedules_table
+        plans = []
+        for sql in (
+            f"SELECT min(next_ms) FROM {table}",
+            f"SELECT id FROM {table} WHERE next_ms <= 1 ORDER BY next_ms LIMIT 5 "
+            "FOR UPDATE SKIP LOCKED",
+        ):
+            rows = await conn.fetch(f"EXPLAIN {sql}")
+            plans.append(" ".join(row[0] for row in rows))
+    finally:
+        await conn.close()
+    assert all("schedules_next_idx" in plan for plan in plans), plans
+    assert not any("Sort" in plan for plan in plans), plans
+
+
+@pytest.mark.integration
 async def test_postgres_store_upgrades_a_version_1_schema(schema: str) -> None:
     """A schema made before reactions existed keeps its messages and gains reactions,
     schedules, revocations and channel storage."""
