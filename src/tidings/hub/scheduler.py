@@ -58,8 +58,8 @@ class Scheduler:
         storage: Storage,
         poll_seconds: float = 1.0,
         lease_ms: int = 60_000,
-        batch: int = 500,
-        in_flight: int = 4,
+        batch: int = 1000,
+        in_flight: int = 2,
     ) -> None:
         self._store = store
         self._publisher = publisher
