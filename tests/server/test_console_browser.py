@@ -357,6 +357,18 @@ def test_console_end_to_end(browser_available: None, served: ServeProcess, serve
             page.click("#disconnect")
             expect(page.locator("#status")).to_have_text("disconnected")
 
+            # More missed than the cap (1,000): the resume says so, and the console logs a gap.
+            batch = [
+                {"channel": "demo", "event": "flood", "data": i, "store": 3600} for i in range(1000)
+            ]
+            assert _http("POST", f"{server}/publish", batch, API_KEY)[0] == 202
+            assert _http("POST", f"{server}/publish", {**batch[0], "data": -1}, API_KEY)[0] == 202
+            page.click("#reconnect")
+            expect(_log_entries(page, "sys", "gap on demo")).to_have_count(1)
+            expect(_log_entries(page, "in", '"event":"flood"')).to_have_count(0)
+            page.click("#disconnect")
+            expect(page.locator("#status")).to_have_text("disconnected")
+
             # Pasting a token connects on its own (auto-connect).
             page.dispatch_event("#token", "paste")
             expect(page.locator("#status")).to_have_text("connected")
