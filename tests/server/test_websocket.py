@@ -556,3 +556,31 @@ async def test_outbound_messages_count_as_activity(start_server: StartServer) ->
         await asyncio.sleep(0.15)
         await server.publish({"channel": "room", "event": "tick", "data": i})
         assert (await client.recv())["data"] == i
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        ("GET /?token={token} HTTP/1.1", 414),  # a request line over 64 KiB
+        ("GET /?x=1 HTTP/1.1\r\nX-Big: {token}", 414),  # a header line over 16 KiB
+        ("GET /?token={token}\x00 HTTP/1.1", 400),  # malformed
+    ],
+    ids=["long-line", "long-header", "malformed"],
+)
+async def test_malformed_request_gets_json_and_leaks_nothing(
+    server: Server, request_line: str, status: int
+) -> None:
+    """A request no route sees is answered with a JSON error that quotes nothing of it; the
+    secret scan of the logs (tests/secret_scan.py) checks nothing of the token was logged."""
+    token = make_token({"pad": "x" * 70000})
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.node.port)
+    writer.write((request_line.format(token=token) + "\r\nHost: x\r\n\r\n").encode())
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()) or head.startswith(
+        f"HTTP/1.0 {status}".encode()
+    ), head
+    assert b"application/json" in head
+    assert orjson.loads(body)["error"]["code"] == "INVALID_MESSAGE"
+    assert token[:20].encode() not in answer

@@ -28,6 +28,7 @@ from tidings.server import (
 from tidings.server.client_api import serve_forwarded
 from tidings.server.health import READY
 from tidings.server.http import HUB, error_middleware
+from tidings.server.runner import TidingsRunner
 from tidings.server.websocket import websocket_handler
 from tidings.store import open_store
 from tidings.store.base import Store
@@ -107,7 +108,7 @@ class Node:
         )
         self.app = create_app(self.hub)
         # tokens travel in the query string: let long ones reach the token gate for a JSON 401
-        self._runner = web.AppRunner(
+        self._runner = TidingsRunner(
             self.app,
             access_log=None,
             handle_signals=False,
