@@ -103,6 +103,17 @@ def make_settings(**overrides: Any) -> Settings:
         backends=BackendSettings(store="memory://"),
     )
     s = replace(s, server=replace(s.server, port=0))
+    # tests flood on purpose (1000 frames from one client, hundreds of handshakes from
+    # 127.0.0.1): the rate limits are off unless a test turns them on (tests/server/test_limits.py)
+    s = replace(
+        s,
+        limits=replace(
+            s.limits,
+            client_messages_per_second=0,
+            http_calls_per_second=0,
+            handshakes_per_ip_per_second=0,
+        ),
+    )
     groups = {
         "server": ServerSettings,
         "auth": AuthSettings,

@@ -35,6 +35,11 @@ class RefusalLog:
         # every refusal by (entry point kind, code), logged or not: the metrics read these
         self.counts: dict[tuple[str, str], int] = {}
 
+    def count(self, where: str, code: str) -> None:
+        """Count a refusal without logging it (the rest of a burst already logged once)."""
+        key = (where.partition(":")[0], str(code))
+        self.counts[key] = self.counts.get(key, 0) + 1
+
     def refused(
         self, where: str, code: str, channel: str | None, event: str | None, reason: str
     ) -> None:
@@ -47,8 +52,7 @@ class RefusalLog:
             event: the event or command, if known.
             reason: the client-safe error message (never contains a token).
         """
-        key = (where.partition(":")[0], str(code))
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.count(where, code)
         if not self.log.isEnabledFor(logging.INFO):
             return
         now = self._clock()

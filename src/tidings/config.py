@@ -78,6 +78,18 @@ class LimitSettings:
     max_frame_bytes: int = 128 * 1024  # inbound frame size; larger closes with 1009
     max_body_bytes: int = 256 * 1024  # HTTP request body; larger gets 413
     presence_max_bytes: int = 102_400  # serialized members of one presence channel (spec §7)
+    # Rate and connection limits (spec §24.3). A rate is sustained requests per second with a
+    # burst allowed at once; 0 disables that limit.
+    client_messages_per_second: float = 100.0  # WebSocket frames per connection
+    client_messages_burst: int = 200
+    rate_limited_close_after: int = 500  # refusals in one burst before closing with 1008
+    http_calls_per_second: float = 20.0  # Client HTTP API calls per connection
+    http_calls_burst: int = 50
+    handshakes_per_ip_per_second: float = 50.0  # new connections per source address
+    handshakes_per_ip_burst: int = 200
+    max_connections: int = 100_000  # live connections on this node (503 beyond)
+    max_connections_per_ip: int = 5_000  # live connections per source address on this node
+    max_connections_per_uid: int = 100  # live connections per uid across the cluster
     resume_max_messages: int = 1000  # the longest gap a resumeFrom replays (spec §24.1)
 
 
@@ -217,6 +229,7 @@ class Settings:
                 queue_max_bytes=_int(
                     v.get("queue_max_bytes", d.limits.queue_max_bytes), "QUEUE_MAX_BYTES", 1024
                 ),
+                **_limit_values(v, d.limits),
                 resume_max_messages=_int(
                     v.get("resume_max_messages", d.limits.resume_max_messages),
                     "RESUME_MAX_MESSAGES",
@@ -293,6 +306,38 @@ def _webhooks(v: dict[str, Any]) -> tuple[WebhookSetting, ...]:
             )
         )
     return tuple(hooks)
+
+
+_RATES = ("client_messages_per_second", "http_calls_per_second", "handshakes_per_ip_per_second")
+_COUNTS = (
+    "client_messages_burst",
+    "rate_limited_close_after",
+    "http_calls_burst",
+    "handshakes_per_ip_burst",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_connections_per_uid",
+)
+
+
+def _limit_values(v: dict[str, Any], d: LimitSettings) -> dict[str, Any]:
+    """The rate and connection limits; each must be 0 (off) or more."""
+    out: dict[str, Any] = {}
+    for name in _RATES:
+        value = v.get(name, getattr(d, name))
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or number != number or number < 0 or number == float("inf"):
+            raise ConfigError(
+                f"TIDINGS_{name.upper()} must be a number of requests per second, at least 0 "
+                f"(0 disables the limit), not {value!r}."
+            )
+        out[name] = number
+    for name in _COUNTS:
+        out[name] = _int(v.get(name, getattr(d, name)), name.upper(), name.endswith("_burst"))
+    return out
 
 
 def _str(value: Any, name: str) -> str:

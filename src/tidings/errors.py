@@ -72,6 +72,7 @@ class ErrorCode(enum.StrEnum):
     # deduplicationId (the retry is answered as a duplicate if it was)
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    RATE_LIMITED = "RATE_LIMITED"  # a limit of spec §24.3 (tidings extension)
 
     @property
     def http_status(self) -> int:
@@ -99,6 +100,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_SUBSCRIBED: 409,
     ErrorCode.PRESENCE_CHANNEL_CAPACITY_REACHED: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.OUTCOME_UNKNOWN: 503,
@@ -110,6 +112,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # lifetime cap, idle, heartbeat timeout, server drain: reconnect
+    POLICY_VIOLATION = 1008  # kept flooding after many RATE_LIMITED refusals
     MESSAGE_TOO_BIG = 1009  # inbound frame over 128 KiB
     INTERNAL_ERROR = 1011
     SLOW_CONSUMER = 1013  # outbound queue over its bound: reconnect later

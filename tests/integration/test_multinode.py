@@ -672,3 +672,26 @@ async def test_multinode_storage_writes_reach_observers_on_every_node(cluster: C
         ) as resp:
             assert resp.status == 200
             assert [i["key"] for i in (await resp.json())["items"]] == ["mode", "n", "round"]
+
+
+async def test_multinode_connections_per_uid_are_capped_cluster_wide(cluster: Cluster) -> None:
+    """The default cap of 100 live connections per uid holds across three nodes: the 101st
+    is refused (429) on any node, and closing one anywhere frees a place everywhere."""
+    a, b, c = await cluster.start(3)
+    nodes = [a, b, c]
+    held = [await cluster.connect(nodes[i % 3], {"uid": "jim"}) for i in range(100)]
+    for node in nodes:
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await cluster.connect(node, {"uid": "jim"})
+        assert info.value.response.status_code == 429
+        assert b"RATE_LIMITED" in info.value.response.body
+    await cluster.connect(a, {"uid": "pam"})  # another user is not affected
+    await held[1].close()  # held by b
+    for _ in range(200):
+        try:
+            await cluster.connect(c, {"uid": "jim"})
+            break
+        except websockets.InvalidStatus:
+            await asyncio.sleep(20 * MS)
+    else:
+        raise AssertionError("the freed place was never given out")

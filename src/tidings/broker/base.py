@@ -167,6 +167,20 @@ class Broker(Protocol):
         """The channel's ``subscriptionsCount`` across all nodes."""
         ...
 
+    async def claim_user_connection(self, uid: str, limit: int) -> bool:
+        """Count one more live connection of ``uid`` if fewer than ``limit`` are live across
+        all nodes; False (nothing counted) at the limit. Atomic across nodes. A dead node's
+        connections stop counting once it is reaped.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        ...
+
+    async def release_user_connection(self, uid: str) -> None:
+        """Undo one successful ``claim_user_connection`` of ``uid``."""
+        ...
+
     async def register_connection(self, connection_id: str) -> None:
         """Record that this node holds ``connection_id`` (for requests reaching other nodes)."""
         ...

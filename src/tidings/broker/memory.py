@@ -39,6 +39,7 @@ class MemoryBroker:
         self._minter = ChannelIdMinter()
         self._presence: dict[str, PresenceChannel] = {}
         self._counts: dict[str, int] = {}
+        self._users: dict[str, int] = {}  # uid -> live connections (limits)
         self.stats = BrokerStats()  # no server, so no round trips: zeros keep dashboards whole
 
     async def start(
@@ -126,6 +127,19 @@ class MemoryBroker:
 
     async def count(self, channel: str) -> int:
         return self._counts.get(channel, 0)
+
+    async def claim_user_connection(self, uid: str, limit: int) -> bool:
+        if self._users.get(uid, 0) >= limit:
+            return False
+        self._users[uid] = self._users.get(uid, 0) + 1
+        return True
+
+    async def release_user_connection(self, uid: str) -> None:
+        left = self._users.get(uid, 0) - 1
+        if left > 0:
+            self._users[uid] = left
+        else:
+            self._users.pop(uid, None)
 
     async def register_connection(self, connection_id: str) -> None:
         return None

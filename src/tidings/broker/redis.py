@@ -559,6 +559,14 @@ class RedisBroker:
     async def count(self, channel: str) -> int:
         return await self._call("count", self._started().count(channel))
 
+    async def claim_user_connection(self, uid: str, limit: int) -> bool:
+        return await self._call(
+            "connection limit", self._started().claim_user_connection(uid, limit)
+        )
+
+    async def release_user_connection(self, uid: str) -> None:
+        await self._call("connection limit", self._started().release_user_connection(uid))
+
     async def register_connection(self, connection_id: str) -> None:
         await self._call("connection", self._started().register_connection(connection_id))
 

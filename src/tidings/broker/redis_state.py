@@ -10,6 +10,7 @@ Data model (all keys under the broker's prefix ``P``)::
     P n:{node}:p           SET   presence channels where the node holds subscriptions
     P n:{node}:c           HASH  channel -> the node's counted subscriptions
     P n:{node}:conns       SET   connection IDs the node holds
+    P n:{node}:u           HASH  uid -> the node's live connections of that user (limits)
     P n:{node}:m           STRING  marker: present while Redis remembers the node's state
     P conns                HASH  connection ID -> node holding it
     P rpc:{node}           LIST  Client HTTP API requests forwarded to the node
@@ -102,6 +103,21 @@ return {change, member, list}
 """
 )
 
+# KEYS: nodes. ARGV: key prefix, this node, uid, limit. Counts the uid's connections on every
+# live node and adds one on this node only while under the limit: atomic across nodes.
+# Returns 1 when claimed, 0 when the limit is reached.
+_USER_CLAIM = """
+local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
+local total = 0
+for i = 1, #nodes do
+  local v = redis.call('HGET', ARGV[1] .. 'n:' .. nodes[i] .. ':u', ARGV[3])
+  if v then total = total + tonumber(v) end
+end
+if total >= tonumber(ARGV[4]) then return 0 end
+redis.call('HINCRBY', ARGV[1] .. 'n:' .. ARGV[2] .. ':u', ARGV[3], 1)
+return 1
+"""
+
 # KEYS: ph, pu. ARGV: holder, uid. Returns {change, member JSON or "", members JSON}.
 _LEAVE = (
     _MEMBERS
@@ -162,6 +178,8 @@ class RedisClusterState:
         self._on_reaped = on_reaped
         self._join = redis.register_script(_JOIN)
         self._leave = redis.register_script(_LEAVE)
+        self._user_claim = redis.register_script(_USER_CLAIM)
+        self._users: dict[str, int] = {}  # this node's live connections per uid (limits)
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[str] = set()  # connection IDs this node registered
         self._counts: dict[str, int] = {}  # this node's counted subscriptions, rewritten on beats
@@ -246,6 +264,26 @@ class RedisClusterState:
                 pipe.hget(self._k(f"n:{_text(node)}:c"), channel)
             values = await pipe.execute()
         return max(0, sum(int(v) for v in values if v is not None))
+
+    # Connections per user (limits)
+
+    async def claim_user_connection(self, uid: str, limit: int) -> bool:
+        claimed = await self._user_claim(
+            keys=[self._k("nodes")], args=[self._p, self.node_id, uid, limit]
+        )
+        if claimed:
+            self._users[uid] = self._users.get(uid, 0) + 1
+        return bool(claimed)
+
+    async def release_user_connection(self, uid: str) -> None:
+        mine = self._users.get(uid, 0) - 1
+        if mine > 0:
+            self._users[uid] = mine
+        else:
+            self._users.pop(uid, None)
+        key = self._k(f"n:{self.node_id}:u")
+        if await self._redis.hincrby(key, uid, -1) <= 0:
+            await self._redis.hdel(key, uid)
 
     # Connections
 
@@ -365,10 +403,13 @@ class RedisClusterState:
             return
         counts = self._k(f"n:{self.node_id}:c")
         conns = self._k(f"n:{self.node_id}:conns")
+        users = self._k(f"n:{self.node_id}:u")
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(counts)
+            pipe.delete(counts, users)
             if self._counts:
                 pipe.hset(counts, mapping=self._counts)
+            if self._users:
+                pipe.hset(users, mapping=self._users)
             if self._connections:
                 pipe.sadd(conns, *self._connections)
                 pipe.hset(self._k("conns"), mapping=dict.fromkeys(self._connections, self.node_id))
@@ -462,6 +503,7 @@ class RedisClusterState:
             self._k(f"n:{node_id}:p"),
             self._k(f"n:{node_id}:c"),
             self._k(f"n:{node_id}:conns"),
+            self._k(f"n:{node_id}:u"),
             self._k(f"n:{node_id}:m"),
         )
         await self._redis.zrem(self._k("nodes"), node_id)

@@ -11,6 +11,7 @@ from tidings._refusals import refusals
 from tidings.core import protocol
 from tidings.errors import UNAVAILABLE, ProtocolError, wire_error
 from tidings.hub.connection import Connection
+from tidings.hub.limits import Limits
 from tidings.hub.outbound import Frame
 from tidings.hub.publishing import Publisher, failure_reporter
 from tidings.hub.reactions import Reactions
@@ -38,7 +39,9 @@ class Commands:
         reactions: Reactions,
         umd: UmdUpdates,
         storage: Storage,
+        limits: Limits | None = None,
     ) -> None:
+        self._limits = limits  # None: no rate limits (hub tests that build Commands alone)
         self._subscriptions = subscriptions
         self._publisher = publisher
         self._scheduler = scheduler
@@ -59,7 +62,11 @@ class Commands:
 
     async def handle(self, conn: Connection, text: str | bytes) -> None:
         """Process one client frame."""
-        conn.last_activity = time.monotonic()
+        now = conn.last_activity = time.monotonic()
+        bucket = conn.message_bucket
+        if bucket is not None and not bucket.take(now) and self._limits is not None:
+            self._limits.refuse_frame(conn, bucket)
+            return
         command: protocol.Command | None = None
         try:
             command = protocol.parse_client_frame(text)

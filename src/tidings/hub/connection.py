@@ -12,6 +12,7 @@ from typing import Any
 
 from tidings.config import TimeoutSettings
 from tidings.core import protocol
+from tidings.core.limits import TokenBucket
 from tidings.core.permissions import Permissions
 from tidings.core.tokens import Claims
 from tidings.errors import CloseCode
@@ -57,9 +58,12 @@ class Connection:
         "closed",
         "connected_ms",
         "expires_ms",
+        "http_bucket",
         "id",
         "last_activity",
         "last_heartbeat",
+        "limits_held",
+        "message_bucket",
         "next_keepalive",
         "permissions",
         "secret",
@@ -107,6 +111,9 @@ class Connection:
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._flusher: asyncio.Task[None] | None = None
+        self.message_bucket: TokenBucket | None = None  # client frames (hub/limits.py)
+        self.http_bucket: TokenBucket | None = None  # Client HTTP API calls
+        self.limits_held = False  # counted against the per-IP and per-uid connection limits
 
     # Public methods
 

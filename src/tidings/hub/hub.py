@@ -16,6 +16,7 @@ Where things live (see docs/design.md for the whole map)::
     umd.py            umdUpdate / umdPropagate
     storage.py        channel storage: writes, reads, observers, expiry
     metrics.py        the node's Prometheus metrics
+    limits.py         rate and connection limits
     channel_info.py   getChannelInfo and the admin channel figures
     control.py        cluster-wide commands (broadcast to every node)
     moderation.py     disconnect, list, subscribe and unsubscribe connections from the API
@@ -36,6 +37,7 @@ from tidings.broker.base import Broker, BrokerStats, ServeFn
 from tidings.config import Settings
 from tidings.core import protocol
 from tidings.core.ids import new_connection_id, new_connection_secret
+from tidings.core.limits import message_rate
 from tidings.core.moderation import Disconnect
 from tidings.core.requests import ServerPublish
 from tidings.core.revocations import RevocationKind, RevocationSet
@@ -52,6 +54,7 @@ from tidings.hub.control import Control
 from tidings.hub.emitter import Emitter
 from tidings.hub.fanout import Fanout
 from tidings.hub.history import History
+from tidings.hub.limits import Limits
 from tidings.hub.metrics import NodeMetrics
 from tidings.hub.moderation import Moderation
 from tidings.hub.outbound import Frame, Outlet
@@ -156,7 +159,9 @@ class Hub:
             leeway_seconds=settings.auth.leeway_seconds,
             refresh_interval=settings.timeouts.sweep_interval_seconds,
         )
+        self._limits = Limits(settings=settings.limits, broker=broker)
         self._commands = Commands(
+            limits=self._limits,
             subscriptions=self._subscriptions,
             publisher=self._publisher,
             scheduler=self._scheduler,
@@ -250,7 +255,36 @@ class Hub:
         Raises:
             TokenError: the token is refused; answer 401 ``INVALID_CONNECT_TOKEN``.
         """
-        return await self._auth.authenticate(token)
+        claims = await self._auth.authenticate(token)
+        message_rate(claims.raw)  # a malformed messageRate refuses the token (spec §3.9)
+        return claims
+
+    def admit_handshake(self, source_ip: str | None) -> None:
+        """Check the handshake rate and connection limits that apply before the token is read.
+
+        Raises:
+            ConnectionRefused: answer its status (429, or 503 when the node is full) with
+                ``Retry-After``.
+        """
+        self._limits.admit_handshake(source_ip)
+
+    async def admit_connection(self, claims: Claims, source_ip: str | None) -> None:
+        """Count a verified connection against the per-uid (cluster-wide) and per-address
+        limits. After it succeeds, ``open_connection(..., admitted=True)`` must follow, or
+        ``close_connection`` will not release the claim.
+
+        Raises:
+            ConnectionRefused: over the per-uid limit (429).
+        """
+        await self._limits.claim(claims, source_ip)
+
+    def check_http_rate(self, conn: Connection) -> None:
+        """Spend one Client HTTP API call; raises ``RATE_LIMITED`` (429) when none is left."""
+        self._limits.check_http(conn)
+
+    def http_retry_after(self) -> int:
+        """``Retry-After`` seconds for a rate-limited Client HTTP API call."""
+        return self._limits.retry_after_seconds()
 
     def check_api_key(self, authorization: str) -> None:
         """Check a server API call's ``Authorization`` header, or raise ``UNAUTHORIZED``."""
@@ -263,9 +297,11 @@ class Hub:
         *,
         source_ip: str | None = None,
         user_agent: str | None = None,
+        admitted: bool = False,
     ) -> Connection:
         """Register a connection and send ``hotsock.connected``. The caller must then run
-        ``start_connection`` before feeding client frames, and ``close_connection`` at the end."""
+        ``start_connection`` before feeding client frames, and ``close_connection`` at the end.
+        ``admitted``: ``admit_connection`` counted it (released on close)."""
         connected = now_ms()
         timeouts = self.settings.timeouts
         conn = Connection(
@@ -282,6 +318,8 @@ class Hub:
         )
         while conn.id in self.connections:  # 88 random bits: a clash is theoretical
             conn.id = new_connection_id()
+        conn.limits_held = admitted
+        self._limits.buckets(conn)
         self.connections[conn.id] = conn
         self.connections_opened += 1
         conn.send(
@@ -317,10 +355,20 @@ class Hub:
             await self._broker.forget_connection(conn.id)
         except Exception:
             log.warning("! could not unregister connection %s", conn.id)
+        if conn.limits_held:
+            conn.limits_held = False
+            await self.release_admission(conn.claims.uid, conn.source_ip)
         if self.debug:
             log.debug("x disconnected %s", conn.id)
         if self._emitter.enabled:
             self._emitter.connection("hotsock.disconnected", conn, time.time())
+
+    async def release_admission(self, uid: str | None, source_ip: str | None) -> None:
+        """Undo ``admit_connection`` for a connection that never opened (or has closed)."""
+        try:
+            await self._limits.release(uid, source_ip)
+        except Exception:
+            log.warning("! could not release the connection limits of uid %r", uid)
 
     def authorize_http(self, connection_id: str | None, secret: str | None) -> Connection:
         """The live connection for Client HTTP API credentials, or ``UNAUTHORIZED``."""

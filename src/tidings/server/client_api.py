@@ -137,11 +137,13 @@ async def run_operation(
     parsed: dict[str, Any] = {}
     try:
         conn = hub.authorize_http(connection_id, secret)
+        hub.check_http_rate(conn)
         parsed = parse_body_object(body)
         return await handler(hub, conn, parsed)
     except (ProtocolError, *UNAVAILABLE) as exc:
         status = wire_status(exc)
-        if isinstance(exc, ProtocolError) and status < 500:
+        limited = isinstance(exc, ProtocolError) and exc.code is ErrorCode.RATE_LIMITED
+        if isinstance(exc, ProtocolError) and status < 500 and not limited:  # limits log their own
             channel = parsed.get("channel")
             refusals.refused(
                 f"http:{operation}",
@@ -209,6 +211,10 @@ async def _connection_operation(request: web.Request) -> web.Response:
         if forwarded is None:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown connection or wrong secret")
         status, answer = decode_forwarded(forwarded)
+    if status == 429:
+        return json_response(
+            answer, status=status, headers={"Retry-After": str(hub.http_retry_after())}
+        )
     return json_response(answer, status=status)
 
 

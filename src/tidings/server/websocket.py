@@ -15,6 +15,7 @@ from tidings.core import protocol
 from tidings.core.frames import FrameCheck
 from tidings.errors import CloseCode, ErrorCode, TokenError
 from tidings.hub.hub import Hub
+from tidings.hub.limits import ConnectionRefused
 from tidings.hub.outbound import Frame, joined_wire
 from tidings.server.http import HUB, error_response
 
@@ -159,19 +160,31 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         )
     if hub.draining:
         return error_response(ErrorCode.SERVICE_UNAVAILABLE, "server is shutting down", status=503)
+    source_ip = client_ip(request, hub.settings.server.trusted_proxies)
     try:
+        hub.admit_handshake(source_ip)
         claims = await hub.authenticate(request.query.get("token"))
+        await hub.admit_connection(claims, source_ip)
     except TokenError as exc:
         refusals.refused("handshake", ErrorCode.INVALID_CONNECT_TOKEN, None, None, str(exc))
         return error_response(ErrorCode.INVALID_CONNECT_TOKEN, str(exc))
+    except ConnectionRefused as exc:  # already counted and logged by the limits
+        return error_response(
+            exc.code, exc.message, status=exc.status, headers={"Retry-After": str(exc.retry_after)}
+        )
     tail = StrictFrames.handshake_tail(request)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        await hub.release_admission(claims.uid, source_ip)
+        raise
     StrictFrames.install(request, ws, tail)
     conn = hub.open_connection(
         claims,
         AiohttpOutlet(ws),
-        source_ip=client_ip(request, hub.settings.server.trusted_proxies),
+        source_ip=source_ip,
         user_agent=request.headers.get("User-Agent"),
+        admitted=True,
     )
     try:
         await hub.start_connection(conn)

@@ -448,3 +448,34 @@ class BrokerContract:
         await b.broker.aclose()
         assert await a.broker.broadcast(b"x") == [a.broker.node_id.encode() + b":x"]
         assert b.commands == []
+
+    async def test_broker_user_connections_are_capped(self, node: Node) -> None:
+        """``claim_user_connection`` counts up to the limit, per uid; a release frees one."""
+        assert await node.broker.claim_user_connection("jim", 2)
+        assert await node.broker.claim_user_connection("jim", 2)
+        assert not await node.broker.claim_user_connection("jim", 2)
+        assert await node.broker.claim_user_connection("pam", 2)  # another uid counts apart
+        await node.broker.release_user_connection("jim")
+        assert await node.broker.claim_user_connection("jim", 2)
+        for _ in range(2):
+            await node.broker.release_user_connection("jim")
+        await node.broker.release_user_connection("pam")
+        assert await node.broker.claim_user_connection("jim", 1)
+        await node.broker.release_user_connection("jim")
+
+    async def test_broker_user_connections_are_capped_across_nodes(
+        self, start_node: NodeFactory
+    ) -> None:
+        """The limit holds for the cluster; a closed node's connections stop counting."""
+        self.need_shared()
+        a, b = await start_node(), await start_node()
+        assert await a.broker.claim_user_connection("jim", 2)
+        assert await b.broker.claim_user_connection("jim", 2)
+        assert not await a.broker.claim_user_connection("jim", 2)
+        assert not await b.broker.claim_user_connection("jim", 2)
+        await a.broker.release_user_connection("jim")
+        assert await b.broker.claim_user_connection("jim", 2)
+        await b.broker.aclose()  # leaves cleanly: its claims go with it
+        assert await a.broker.claim_user_connection("jim", 2)
+        assert await a.broker.claim_user_connection("jim", 2)
+        assert not await a.broker.claim_user_connection("jim", 2)
