@@ -238,7 +238,7 @@ async def two_nodes(start_server: StartServer) -> AsyncIterator[tuple[Server, Se
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("exp", [NOW + 300, 253_402_300_799], ids=["soon", "year-9999"])
+@pytest.mark.parametrize("exp", [NOW + 3600, 253_402_300_799], ids=["soon", "year-9999"])
 async def test_token_catalogue_single_use_race_across_two_nodes(
     two_nodes: tuple[Server, Server], exp: int
 ) -> None:
