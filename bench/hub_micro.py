@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,7 @@ SHAPES = {
     # name: (rooms, subscribers per room, publishers, messages per loop turn)
     "rooms": (1000, 10, 1000, 1),
     "rooms-busy": (1000, 10, 1000, 8),
+    "rooms-small": (100, 10, 100, 1),  # for --callgrind: the same path, a quicker set-up
     "hot": (1, 1000, 1, 64),
     "hot-serial": (1, 1000, 1, 1),
 }
@@ -169,6 +171,30 @@ def _child(
     return result
 
 
+def _instructions(shape: str, messages: int, src: str | None, broker: str) -> float:
+    """Instructions per message under callgrind: the difference between a run of 2×messages
+    and one of ``messages``, so start-up, imports and connection set-up cancel out."""
+    counts = []
+    for n in (messages, 2 * messages):
+        env = dict(os.environ)
+        if src:
+            env["PYTHONPATH"] = src
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "callgrind.out")
+            subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+                + [__file__, "--child", shape, "--messages", str(n), "--repeat", "1"]
+                + ["--broker", broker],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            with open(out) as f:
+                total = next(int(line.split()[1]) for line in f if line.startswith("totals:"))
+        counts.append(total)
+    return (counts[1] - counts[0]) / messages
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", default=",".join(SHAPES), help="shapes: " + ", ".join(SHAPES))
@@ -181,6 +207,12 @@ def main() -> None:
         default="memory://",
         help="broker URL; redis://… gets a fresh key prefix, deleted afterwards",
     )
+    ap.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="instructions per message under valgrind instead of CPU time (slow; steady on a\n"
+        "shared machine); use with --only rooms-small --messages 500",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -192,6 +224,23 @@ def main() -> None:
         variants["base"] = os.path.abspath(args.tidings_src)
     print(f"Command: `python bench/hub_micro.py {' '.join(sys.argv[1:])}`".rstrip())
     print()
+    if args.callgrind:
+        print(
+            "| shape (rooms × subscribers, messages per turn) | variant | instructions/message "
+            "| ratio to base |"
+        )
+        print("|---|---|---|---|")
+        for shape in args.only.split(","):
+            rooms, per_room, _, per_turn = SHAPES[shape]
+            ir = {
+                v: _instructions(shape, args.messages, src, args.broker)
+                for v, src in variants.items()
+            }
+            for v, count in ir.items():
+                ratio = f"{count / ir['base']:.2f}" if "base" in ir else "–"
+                label = f"{shape}: {rooms:,} × {per_room:,}, {per_turn}/turn"
+                print(f"| {label} | {v} | {count:,.0f} | {ratio} |")
+        return
     print(
         "| shape (rooms × subscribers, messages per turn) | variant | µs/message | µs/delivery "
         "| ratio to base |"
