@@ -195,12 +195,14 @@ class Subscriptions:
         if self._emitter.enabled:
             self._emitter.subscription("hotsock.unsubscribed", conn, sub)
         try:
+            # The count goes down before memberRemoved goes out, so a watcher that reacts to
+            # the event by reading the channel's info never sees the departed member counted.
+            if sub.counted:
+                self._emitter.count(sub.channel, await self._broker.count_add(sub.channel, -1))
             if is_presence(sub.channel) and sub.uid:
                 update = await self._presence.leave(sub.channel, conn.id, sub.uid)
                 if update.change is Change.REMOVED:
                     await self._presence.announce(sub.channel, update, skip=conn.id)
-            if sub.counted:
-                self._emitter.count(sub.channel, await self._broker.count_add(sub.channel, -1))
         except Exception:
             log.exception("! shared state update failed removing %s from %s", conn.id, sub.channel)
 
