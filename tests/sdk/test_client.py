@@ -306,3 +306,15 @@ async def test_client_channel_stream_ends_on_close_and_aclose(server: Server) ->
     await client.aclose()
     assert [m async for m in stream] == []
     assert dropped._queue.empty()  # never fed after aclose()
+
+
+async def test_client_stops_after_a_moderation_close(server: Server) -> None:
+    """A close code in 4000-4999 is final: no reconnect, and the streams end."""
+    async with Client(server.ws_url, token=make_token(ROOM), backoff=0.01) as client:
+        await client.subscribe("room")
+        stream = client.channel("room")
+        for conn in list(server.hub.connections.values()):
+            conn.close(4001, "kicked")
+        async with asyncio.timeout(5):
+            assert [m async for m in stream] == []
+        assert client.reconnects == 0 and not client.connected

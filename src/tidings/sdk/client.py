@@ -235,11 +235,7 @@ class Client:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        for state in self._channels.values():
-            _fail(state.waiter, ClientError("CLOSED", "client closed"))
-        for queues in self._streams.values():
-            for queue in queues:
-                _put_end(queue)
+        self._end_all(ClientError("CLOSED", "client closed"))
         if self._session is not None:
             await self._session.close()
 
@@ -363,31 +359,40 @@ class Client:
 
     async def _run(self) -> None:
         failures = 0
-        while not self._closing:
-            try:
-                await self._connect_once()
-                failures = 0
-                await self._read()
-            except asyncio.CancelledError:
-                raise
-            except ClientError as exc:
-                if self._first is not None and not self._first.done():
-                    self._first.set_exception(exc)
+        try:
+            while not self._closing:
+                try:
+                    await self._connect_once()
+                    failures = 0
+                    await self._read()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a token provider's own failure included
+                    if self._first is not None and not self._first.done():
+                        self._first.set_exception(exc)
+                        return
+                    refused = isinstance(exc, ClientError) and exc.code == "INVALID_CONNECT_TOKEN"
+                    if refused and isinstance(self._token, str):
+                        self._terminal = True  # the same token will be refused every time
+                    logger.warning("! connection lost: %s", exc)
+                finally:
+                    self._connected.clear()
+                    self._ws = None
+                if self._closing or self._terminal:
                     return
-                logger.warning("! connection refused: %s", exc)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                if self._first is not None and not self._first.done():
-                    self._first.set_exception(exc)
-                    return
-                logger.info("! connection lost: %s", exc)
-            finally:
-                self._connected.clear()
-                self._ws = None
-            if self._closing or self._terminal:
-                return
-            failures += 1
-            delay = min(self._max_backoff, self._backoff * 2 ** (failures - 1))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+                failures += 1
+                delay = min(self._max_backoff, self._backoff * 2 ** (failures - 1))
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+        finally:
+            if not self._closing:  # given up: nothing will arrive any more
+                self._end_all(ClientError("CLOSED", "the client stopped reconnecting"))
+
+    def _end_all(self, exc: ClientError) -> None:
+        for state in self._channels.values():
+            _fail(state.waiter, exc)
+        for queues in self._streams.values():
+            for queue in queues:
+                _put_end(queue)
 
     async def _connect_once(self) -> None:
         assert self._session is not None
@@ -397,12 +402,10 @@ class Client:
             ws = await self._session.ws_connect(
                 url, heartbeat=self._ping_seconds, max_msg_size=0, autoping=True
             )
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status in (401, 403) and isinstance(self._token, str):
-                raise ClientError(
-                    "INVALID_CONNECT_TOKEN", f"handshake answered {exc.status}"
-                ) from exc
-            raise
+        except aiohttp.ClientResponseError as exc:
+            # aiohttp's message carries the URL, and with it the token: never pass it on
+            code = "INVALID_CONNECT_TOKEN" if exc.status == 401 else f"HTTP_{exc.status}"
+            raise ClientError(code, f"handshake answered {exc.status}") from None
         self._ws = ws
         connected = await self._next_frame(ws)
         if connected.get("event") != "hotsock.connected":
