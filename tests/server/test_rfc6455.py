@@ -239,3 +239,23 @@ async def test_rfc6455_utf8_split_across_fragments_is_accepted(raw: RawClient) -
     cut = text.index("😀".encode()) + 2
     raw.send(frame(0x1, text[:cut], fin=False) + frame(0x0, text[cut:]))
     assert orjson.loads(await raw.read_until(0x1))["event"] == "hotsock.pong"
+
+
+async def test_rfc6455_client_abort_during_the_automatic_pong_is_no_error(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that pings and resets the connection at once: aiohttp's automatic pong meets a
+    closing transport, which is an expected abort (a debug line), not an ERROR."""
+    import socket
+    import struct
+
+    for _ in range(20):
+        client = await RawClient.connect(server)
+        sock = client.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.send(frame(0x9, b"x" * 100) * 50)
+        client.abort()  # RST
+    await asyncio.sleep(200 * MS)
+    await _still_serves(server)
+    errors = [r for r in caplog.records if r.levelno >= 40 or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -174,7 +174,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         )
     tail = StrictFrames.handshake_tail(request)
     try:
-        await ws.prepare(request)
+        await ws.prepare(request)  # a client gone by now is answered by error_middleware
     except BaseException:
         await hub.release_admission(claims.uid, source_ip)
         raise
@@ -207,6 +207,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 # the cleanup below would close with 1000
                 conn.close(getattr(msg.data, "code", CloseCode.INTERNAL_ERROR), "")
                 break
+    except ConnectionResetError:
+        # the client reset the connection while aiohttp was answering it (its automatic pong
+        # to a ping): a normal abort
+        log.debug("x connection %s reset by the client", conn.id)
     finally:
         # shielded: a server shutdown cancelling this handler must not skip the cleanup
         await asyncio.shield(hub.close_connection(conn))
