@@ -104,7 +104,8 @@ def make_settings(**overrides: Any) -> Settings:
     )
     s = replace(s, server=replace(s.server, port=0))
     # tests flood on purpose (1000 frames from one client, hundreds of handshakes from
-    # 127.0.0.1): the rate limits are off unless a test turns them on (tests/server/test_server_limits.py)
+    # 127.0.0.1): the rate limits are off unless a test turns them on
+    # (tests/server/test_server_limits.py)
     s = replace(
         s,
         limits=replace(
