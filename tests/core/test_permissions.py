@@ -627,7 +627,31 @@ def test_permissions_publish_policy_cache_stays_bounded() -> None:
     layered = perms({"c.*": messages("e", publish=True)})
     for n in range(600):
         assert layered.publish_policy(f"c.{n}", "e", subscribed=True).allowed is True
-    assert len(layered._policies) <= 256
+        assert layered.publish_policy("c.1", f"e{n}", subscribed=True).allowed is False
+    assert len(layered._policies) <= 256 and len(layered._by_keys) <= 256
+
+
+def test_permissions_publish_policy_shared_by_channels_matching_the_same_keys() -> None:
+    """Channels selected by the same token keys share one decision; a channel that also
+    matches another key (here an exact deny, or a subscribe-token key) gets its own."""
+    connect = {
+        "room.*": messages("chat", publish=True, echo=True),
+        "room.vip": messages("chat", publish=False),
+    }
+    plain = perms(connect)
+    first = plain.publish_policy("room.1", "chat", subscribed=True)
+    assert first == (True, True, 0, False)
+    assert plain.publish_policy("room.2", "chat", subscribed=True) is first
+    assert plain.publish_policy("room.vip", "chat", subscribed=True).allowed is False
+    assert plain.publish_policy("room.3", "chat", subscribed=False).allowed is False
+    assert plain.publish_policy("lobby", "chat", subscribed=True).allowed is False
+    layered = perms(connect, {"room.7": messages("chat", store=30)})
+    assert layered.publish_policy("room.7", "chat", subscribed=True) == (True, True, 30, False)
+    assert layered.publish_policy("room.8", "chat", subscribed=True) == (True, True, 0, False)
+    assert layered.publish_policy("room.9", "chat", subscribed=True) is (
+        layered.publish_policy("room.8", "chat", subscribed=True)
+    )
+    assert len(layered._by_keys) == 2
 
 
 def test_grants_parse_error_quotes_long_keys_briefly() -> None:

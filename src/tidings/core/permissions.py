@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from tidings.core.names import STORE_MAX_SECONDS, is_valid_channel
 from tidings.core.patterns import Pattern, compile_key
@@ -256,6 +256,11 @@ class Grants:
         """The alias this token defines for the exact channel key ``channel``, if any."""
         return self._alias_of.get(channel)
 
+    def matching_keys(self, channel: str) -> tuple[int, ...]:
+        """Positions of the channel keys selecting ``channel``: every channel and message
+        directive for ``channel`` depends on the name only through them."""
+        return tuple(i for i, _ in self._matching(channel))
+
     def has_exact_key(self, channel: str) -> bool:
         """True when ``channel`` appears verbatim as an exact channel key."""
         return channel in self._exact
@@ -308,7 +313,7 @@ class Permissions:
     ``autoSubscribe`` are only ever read from the connect token.
     """
 
-    __slots__ = ("_observe", "_policies", "connect", "subscribe")
+    __slots__ = ("_by_keys", "_observe", "_policies", "connect", "subscribe")
 
     def __init__(self, connect: Grants, subscribe: Grants | None = None) -> None:
         # Grants of the connect token; the base layer, and the only source of broadcast.
@@ -317,6 +322,9 @@ class Permissions:
         self.subscribe = subscribe
         # publish_policy() answers: tokens are immutable, so a decision never goes stale.
         self._policies: dict[tuple[str, str, bool], PublishPolicy] = {}
+        # the same answers by the token keys the channel matched: a client publishing to many
+        # rooms under one ``room.*`` key misses the first cache but hits this one
+        self._by_keys: dict[tuple[Any, ...], PublishPolicy] = {}
         # can_observe() answers, consulted for every storage update fanned out to a subscriber
         self._observe: dict[tuple[str, str], bool] = {}
 
@@ -372,16 +380,19 @@ class Permissions:
         key = (channel, event, subscribed)
         policy = self._policies.get(key)
         if policy is None:
-            allowed = self.can_publish(channel, event, subscribed=subscribed)
-            policy = PublishPolicy(
-                allowed,
-                allowed and self.echo(channel, event),
-                self.store_seconds(channel, event) if allowed else 0,
-                allowed and self.emit_pubsub(channel, event),
-            )
-            if len(self._policies) >= _POLICY_CACHE_MAX:
-                self._policies.clear()
-            self._policies[key] = policy
+            layered = None if self.subscribe is None else self.subscribe.matching_keys(channel)
+            by_keys = (self.connect.matching_keys(channel), layered, event, subscribed)
+            policy = self._by_keys.get(by_keys)
+            if policy is None:
+                allowed = self.can_publish(channel, event, subscribed=subscribed)
+                policy = PublishPolicy(
+                    allowed,
+                    allowed and self.echo(channel, event),
+                    self.store_seconds(channel, event) if allowed else 0,
+                    allowed and self.emit_pubsub(channel, event),
+                )
+                _bounded_put(self._by_keys, by_keys, policy)
+            _bounded_put(self._policies, key, policy)
         return policy
 
     def echo(self, channel: str, event: str) -> bool:
@@ -419,9 +430,7 @@ class Permissions:
         allowed = self._observe.get(cache_key)
         if allowed is None:
             allowed = self.storage_flag(channel, key, "observe")
-            if len(self._observe) >= _POLICY_CACHE_MAX:
-                self._observe.clear()
-            self._observe[cache_key] = allowed
+            _bounded_put(self._observe, cache_key, allowed)
         return allowed
 
     def storage_store_seconds(self, channel: str, key: str) -> int:
@@ -449,6 +458,12 @@ class Permissions:
 
 
 # Private functions: resolution
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _POLICY_CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 def _resolve_flag(values: Iterator[bool]) -> bool | None:
