@@ -88,7 +88,7 @@ async def test_multinode_schedule_runs_when_its_accepting_node_is_gone(
     a, b, c = await cluster.start(3)
     watcher = await cluster.connect(b)
     await watcher.subscribe("room")
-    due = math.ceil(time.time()) + 3
+    due = math.ceil(time.time()) + 4  # A must be gone before they are due
     status, answers = await cluster.publish(
         a,
         [
