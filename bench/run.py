@@ -84,6 +84,26 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Limits at their defaults, except the two per-address ones: every bench client comes from
+# 127.0.0.1, so those are raised out of reach (their checks still run on every handshake).
+BENCH_LIMITS = {
+    "TIDINGS_HANDSHAKES_PER_IP_PER_SECOND": "1000000",
+    "TIDINGS_HANDSHAKES_PER_IP_BURST": "1000000",
+    "TIDINGS_MAX_CONNECTIONS_PER_IP": "1000000",
+}
+NO_LIMITS = {
+    f"TIDINGS_{name}": "0"
+    for name in (
+        "CLIENT_MESSAGES_PER_SECOND",
+        "HTTP_CALLS_PER_SECOND",
+        "HANDSHAKES_PER_IP_PER_SECOND",
+        "MAX_CONNECTIONS",
+        "MAX_CONNECTIONS_PER_IP",
+        "MAX_CONNECTIONS_PER_UID",
+    )
+}
+
+
 def server_specs(
     tidings_batch: int, tidings_inflight: int, aiohttp_publisher: bool = False
 ) -> dict[str, ServerSpec]:
@@ -94,7 +114,18 @@ def server_specs(
         "tidings": ServerSpec(
             name="tidings",
             cmd=[*tcmd, "serve", "--host", "127.0.0.1", "--port", "{port}"],
-            env=tidings_env(),
+            env=tidings_env(BENCH_LIMITS),
+            flavor="hotsock",
+            publish="http",
+            auth=True,
+            extra=tcfg,
+        ),
+        # the same server with every rate and connection limit off: the limits' cost is the
+        # difference between this and "tidings" in the same run
+        "tidings-nolimits": ServerSpec(
+            name="tidings-nolimits",
+            cmd=[*tcmd, "serve", "--host", "127.0.0.1", "--port", "{port}"],
+            env=tidings_env(NO_LIMITS),
             flavor="hotsock",
             publish="http",
             auth=True,
@@ -789,7 +820,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    fan_servers = [s for s in wanted if s in ("tidings", "websockets", "socketio")]
+    fan_servers = [
+        s for s in wanted if s in ("tidings", "tidings-nolimits", "websockets", "socketio")
+    ]
     if "tidings" in fan_servers and not args.no_serial:
         fan_servers.insert(fan_servers.index("tidings") + 1, "tidings-serial")
     if "fanout" in only:
@@ -827,7 +860,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             results["memory"].append(r)
     if "handshake" in only:
         results["handshake"] = []
-        hs_names = [s for s in wanted if s in ("tidings", "websockets", "socketio")]
+        hs_names = [
+            s for s in wanted if s in ("tidings", "tidings-nolimits", "websockets", "socketio")
+        ]
         if "websockets" in hs_names:
             hs_names.insert(hs_names.index("websockets") + 1, "websockets+jwt")
         if "tidings" in hs_names and "aiohttp" not in args.skip_ref:
