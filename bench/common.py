@@ -228,6 +228,12 @@ def tidings_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "TIDINGS_STORE": "memory://",
             "TIDINGS_BROKER": "memory://",
             "TIDINGS_LOG_LEVEL": "warning",
+            # the load generators flood from one address on purpose: the abuse limits (spec
+            # §24.3) would measure themselves, so they are off, as in the test suite
+            "TIDINGS_CLIENT_MESSAGES_PER_SECOND": "0",
+            "TIDINGS_HTTP_CALLS_PER_SECOND": "0",
+            "TIDINGS_HANDSHAKES_PER_IP_PER_SECOND": "0",
+            "TIDINGS_MAX_CONNECTIONS_PER_IP": "0",
         }
     )
     if extra:
