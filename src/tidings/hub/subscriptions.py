@@ -148,7 +148,9 @@ class Subscriptions:
             await self._undo(conn, sub, given_back)
             raise
         await self._announce_join(conn, sub, update)
-        replay = await self._recovery.replay(sub, resume_from) if holding is not None else None
+        replay = (
+            await self._recovery.replay(sub, resume_from, holding) if holding is not None else None
+        )
         confirmation = protocol.subscribed_frame(
             channel,
             uid=sub.uid,
