@@ -237,6 +237,10 @@ async def main() -> None:
                     "TIDINGS_STORE": f"sqlite:///{tmp}/resume.db",
                     # room for the live messages published while the herd reconnects
                     "TIDINGS_RESUME_MAX_MESSAGES": str(max(1000, 2 * args.herd_missed)),
+                    # every client of the bench comes from 127.0.0.1: per-address limits off
+                    "TIDINGS_HANDSHAKES_PER_IP_PER_SECOND": "0",
+                    "TIDINGS_MAX_CONNECTIONS_PER_IP": "0",
+                    "TIDINGS_HTTP_CALLS_PER_SECOND": "0",
                 }
             ),
             publish="http",
