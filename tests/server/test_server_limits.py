@@ -222,3 +222,15 @@ async def _eventually(condition: Any) -> None:
             return
         await asyncio.sleep(10 * MS)
     raise AssertionError("condition never held")
+
+
+async def test_binary_frames_spend_tokens_too(start_server: StartServer) -> None:
+    """A flood of binary frames is limited like text frames: INVALID_MESSAGE while tokens
+    last, RATE_LIMITED after."""
+    server = await start_server(client_messages_per_second=0.1, client_messages_burst=3)
+    client = await server.connect({})
+    for _ in range(10):
+        await client.ws.send(b"\x00\x01")
+    frames = [await client.recv() for _ in range(10)]
+    codes = [f["error"]["code"] for f in frames]
+    assert codes == ["INVALID_MESSAGE"] * 3 + ["RATE_LIMITED"] * 7

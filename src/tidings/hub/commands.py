@@ -9,7 +9,7 @@ from typing import Any
 
 from tidings._refusals import refusals
 from tidings.core import protocol
-from tidings.errors import UNAVAILABLE, ProtocolError, wire_error
+from tidings.errors import UNAVAILABLE, ErrorCode, ProtocolError, wire_error
 from tidings.hub.connection import Connection
 from tidings.hub.limits import Limits
 from tidings.hub.outbound import Frame
@@ -95,6 +95,16 @@ class Commands:
                 else None
             )
             conn.send(Frame(protocol.error_frame(*wire_error(exc), sent)))
+
+    def refuse_binary(self, conn: Connection) -> None:
+        """Binary frames are not part of the protocol; a flood of them is rate limited too."""
+        now = conn.last_activity = time.monotonic()
+        bucket = conn.message_bucket
+        if bucket is not None and not bucket.take(now) and self._limits is not None:
+            self._limits.refuse_frame(conn, bucket)
+            return
+        error = protocol.error_frame(ErrorCode.INVALID_MESSAGE, "binary frames are not supported")
+        conn.send(Frame(error))
 
     # Handlers
 

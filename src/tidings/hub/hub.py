@@ -385,6 +385,10 @@ class Hub:
         """Process one client frame; failures are answered with ``hotsock.error``."""
         await self._commands.handle(conn, text)
 
+    def refuse_binary(self, conn: Connection) -> None:
+        """Answer a binary frame (``INVALID_MESSAGE``); it spends a token like any frame."""
+        self._commands.refuse_binary(conn)
+
     def publish_client(
         self, conn: Connection, channel: Any, event: Any, data: Any, *, trigger: str
     ) -> asyncio.Future[PublishResult]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from tidings._refusals import refusals
-from tidings.core import protocol
 from tidings.core.frames import FrameCheck
 from tidings.errors import CloseCode, ErrorCode, TokenError
 from tidings.hub.hub import Hub
@@ -194,14 +192,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             if msg.type == WSMsgType.TEXT:
                 await hub.handle_frame(conn, msg.data)
             elif msg.type == WSMsgType.BINARY:
-                conn.last_activity = time.monotonic()
-                conn.send(
-                    Frame(
-                        protocol.error_frame(
-                            ErrorCode.INVALID_MESSAGE, "binary frames are not supported"
-                        )
-                    )
-                )
+                hub.refuse_binary(conn)
             elif msg.type == WSMsgType.ERROR:
                 # e.g. a frame over the size limit: close with the protocol's code (1009) before
                 # the cleanup below would close with 1000
