@@ -25,6 +25,7 @@ from tests.server.test_channel_storage import (
 )
 
 from tidings.core.ids import is_ulid, ulid_ms
+from tidings.sdk.publisher import AsyncPublisher, Publisher, PublishError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -598,4 +599,32 @@ async def test_client_storage_schedule_refusals_change_nothing(
     await no_schedule_pending(server)
     answer = await server_set(server, "k", 1, status=400, scheduleExpression="rate(1 day)")
     assert answer["error"]["code"] == "INVALID_SCHEDULE"
+    await no_schedule_pending(server)
+
+
+# The backend SDK
+
+
+async def test_sdk_publishers_schedule_and_cancel(server: Server) -> None:
+    """Publisher and AsyncPublisher return the scheduleArn and cancel with it: True while
+    pending, False once there is nothing to cancel; a wrong key raises."""
+    expression, _ = at(60)
+    sync = Publisher(server.base, API_KEY, backoff=0.0)
+    result = await asyncio.to_thread(
+        sync.publish_message, "room", "e", 1, schedule_expression=expression
+    )
+    assert result.schedule_arn is not None
+    assert await asyncio.to_thread(sync.cancel_schedule, result.schedule_arn) is True
+    assert await asyncio.to_thread(sync.cancel_schedule, result.schedule_arn) is False
+    async with AsyncPublisher(server.base, API_KEY, backoff=0.0) as publisher:
+        result = await publisher.publish_message("room", "e", 2, schedule_expression=expression)
+        assert result.schedule_arn is not None
+        assert await publisher.cancel_schedule(result.schedule_arn.rpartition(":")[2]) is True
+        assert await publisher.cancel_schedule(result.schedule_arn) is False
+        with pytest.raises(ValueError, match="schedule_arn"):
+            await publisher.cancel_schedule("")
+    async with AsyncPublisher(server.base, "wrong-key", backoff=0.0) as publisher:
+        with pytest.raises(PublishError) as info:
+            await publisher.cancel_schedule("01JA3S0P7FB7WVYS67X316M32S")
+        assert info.value.code == "UNAUTHORIZED"
     await no_schedule_pending(server)

@@ -32,6 +32,7 @@ import random
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -275,16 +276,40 @@ class Publisher(_BasePublisher):
         status, body = self._send(_encode(batch))
         return _parse_results(status, body, batch)
 
+    def cancel_schedule(self, schedule_arn: str) -> bool:
+        """Cancel a scheduled message or storage write (``DELETE /schedules/{id}``).
+
+        Args:
+            schedule_arn: the ``schedule_arn`` of its :class:`PublishResult` (or the bare ULID).
+
+        Returns:
+            True when it was pending and will never run; False when there was nothing to cancel
+            (unknown, already run or running, or cancelled by an earlier attempt).
+
+        Raises:
+            PublishError: tidings refused the call (``401``), or every attempt failed.
+        """
+        try:
+            self._send(None, method="DELETE", url=_schedule_url(self.base_url, schedule_arn))
+        except PublishError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     # Private methods
 
-    def _send(self, payload: bytes) -> tuple[int, bytes]:
-        """POST ``payload``, retrying as the module docstring describes; returns a 2xx answer."""
+    def _send(
+        self, payload: bytes | None, *, method: str = "POST", url: str | None = None
+    ) -> tuple[int, bytes]:
+        """Send ``payload`` (to ``/publish`` unless ``url``), retrying as the module docstring
+        describes; returns a 2xx answer."""
         attempt = 0
         while True:
             retry_after: float | None = None
             cause: BaseException | None = None
             try:
-                status, retry_after_header, body = self._post(payload)
+                status, retry_after_header, body = self._post(payload, method, url or self._url)
             except (OSError, http.client.HTTPException) as exc:
                 # URLError (connect failures, wrapping the real reason), timeouts and dropped
                 # connections are all OSErrors or HTTPExceptions.
@@ -311,11 +336,9 @@ class Publisher(_BasePublisher):
             time.sleep(delay)
             attempt += 1
 
-    def _post(self, payload: bytes) -> tuple[int, str | None, bytes]:
+    def _post(self, payload: bytes | None, method: str, url: str) -> tuple[int, str | None, bytes]:
         """One attempt: the status, the ``Retry-After`` header and the body of the answer."""
-        request = urllib.request.Request(
-            self._url, data=payload, headers=self._headers, method="POST"
-        )
+        request = urllib.request.Request(url, data=payload, headers=self._headers, method=method)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 return response.status, response.headers.get("Retry-After"), response.read()
@@ -402,6 +425,16 @@ class AsyncPublisher(_BasePublisher):
         status, body = await self._send(_encode(batch))
         return _parse_results(status, body, batch)
 
+    async def cancel_schedule(self, schedule_arn: str) -> bool:
+        """Cancel a scheduled message or storage write; see :meth:`Publisher.cancel_schedule`."""
+        try:
+            await self._send(None, method="DELETE", url=_schedule_url(self.base_url, schedule_arn))
+        except PublishError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def aclose(self) -> None:
         """Close the HTTP session. Idempotent; the publisher cannot be used afterwards."""
         self._closed = True
@@ -418,16 +451,23 @@ class AsyncPublisher(_BasePublisher):
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
 
-    async def _send(self, payload: bytes) -> tuple[int, bytes]:
-        """POST ``payload``, retrying as the module docstring describes; returns a 2xx answer."""
+    async def _send(
+        self, payload: bytes | None, *, method: str = "POST", url: str | None = None
+    ) -> tuple[int, bytes]:
+        """Send ``payload`` (to ``/publish`` unless ``url``), retrying as the module docstring
+        describes; returns a 2xx answer."""
         session = self._get_session()
         attempt = 0
         while True:
             retry_after: float | None = None
             cause: BaseException | None = None
             try:
-                async with session.post(
-                    self._url, data=payload, headers=self._headers, allow_redirects=False
+                async with session.request(
+                    method,
+                    url or self._url,
+                    data=payload,
+                    headers=self._headers,
+                    allow_redirects=False,
                 ) as response:
                     status, headers, body = response.status, response.headers, await response.read()
             except aiohttp.ClientConnectorCertificateError as exc:
@@ -452,6 +492,12 @@ class AsyncPublisher(_BasePublisher):
             self._log_retry(attempt, error, delay)
             await asyncio.sleep(delay)
             attempt += 1
+
+
+def _schedule_url(base_url: str, schedule_arn: object) -> str:
+    if not isinstance(schedule_arn, str) or not schedule_arn:
+        raise ValueError(f"schedule_arn must be a non-empty string, got {schedule_arn!r}")
+    return f"{base_url}/schedules/{urllib.parse.quote(schedule_arn, safe='')}"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
