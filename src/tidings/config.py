@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -55,7 +54,8 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ("*",)  # allowed origins for /connection/*
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For names the client
     log_level: str = "info"
-    node_name: str = field(default_factory=socket.gethostname)  # the metrics' ``node`` label
+    # the metrics' ``node`` label; empty: "<host name>:<port>", unique per process on a host
+    node_name: str = ""
     metrics_token: Secret | None = None  # when set, /metrics needs ``Authorization: Bearer``
 
 
@@ -202,7 +202,7 @@ class Settings:
                 cors_origins=tuple(origins) or ("*",),
                 trusted_proxies=tuple(str(p) for p in proxies),
                 log_level=log_level,
-                node_name=_str(v.get("node_name", d.server.node_name), "NODE_NAME"),
+                node_name=str(v.get("node_name", d.server.node_name)),
                 metrics_token=Secret(str(v["metrics_token"])) if v.get("metrics_token") else None,
             ),
             auth=AuthSettings(

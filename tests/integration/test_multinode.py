@@ -695,3 +695,52 @@ async def test_multinode_connections_per_uid_are_capped_cluster_wide(cluster: Cl
             await asyncio.sleep(20 * MS)
     else:
         raise AssertionError("the freed place was never given out")
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+async def _samples(cluster: Cluster, node: TidingsNode) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with cluster.http.get(f"{node.base}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found.setdefault(s.name, []).append((s.labels, s.value))
+    return found
+
+
+def _one(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for got, v in samples.get(name, []) if labels.items() <= got.items())
+
+
+async def test_multinode_metrics_are_per_node_and_count_the_broker(cluster: Cluster) -> None:
+    """Each of three nodes labels its samples with its own name; a message published on A
+    counts in on A and out (with its latency) on B and C; Redis round trips are counted."""
+    a, b, c = await cluster.start(3)
+    receivers = [await cluster.connect(n) for n in (b, c)]
+    for client in receivers:
+        await client.subscribe("room")
+    status, _ = await cluster.publish(a, {"channel": "room", "event": "e", "data": 1})
+    assert status == 202
+    for client in receivers:
+        await client.expect("e", 5000 * MS)
+    by_node = {n.name: await _samples(cluster, n) for n in (a, b, c)}
+    names = set()
+    for samples in by_node.values():
+        labels = {lbl["node"] for rows in samples.values() for lbl, _ in rows}
+        assert len(labels) == 1
+        names |= labels
+        assert _one(samples, "tidings_broker_round_trips_total") > 0
+        assert _one(samples, "tidings_broker_round_trip_seconds_total") > 0
+    assert len(names) == 3  # <host>:<port>, unique per node
+    assert _one(by_node["A"], "tidings_messages_in_total", kind="server.http") == 1
+    for name in ("B", "C"):
+        samples = by_node[name]
+        assert _one(samples, "tidings_messages_in_total") == 0
+        assert _one(samples, "tidings_deliveries_out_total", kind="message") == 1
+        assert _one(samples, "tidings_publish_delivery_seconds_count") == 1
+        assert _one(samples, "tidings_connections") == 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -88,7 +89,9 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.draining = False  # set by drain(): refuse new connections, report unhealthy
         self.connections_opened = 0
-        self.metrics = NodeMetrics(settings.server.node_name)  # rendered by /metrics
+        server = settings.server
+        name = server.node_name or f"{socket.gethostname()}:{server.port}"
+        self.metrics = NodeMetrics(name)  # rendered by /metrics
         self._background = Background()
         self._sweeper: asyncio.Task[None] | None = None
         self._storage_sweeper: asyncio.Task[None] | None = None
