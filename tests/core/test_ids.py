@@ -97,3 +97,12 @@ def test_encoding_matches_the_ulid_library() -> None:
 def test_a_timestamp_past_48_bits_is_refused() -> None:
     with pytest.raises(ValueError, match="128 bits"):
         new_ulid(1 << 48)
+
+
+def test_ulid_time_ms_reads_the_timestamp_from_the_first_ten_characters() -> None:
+    """The fast path agrees with ulid_ms for fresh, floor and extreme IDs."""
+    from tidings.core.ids import new_ulid, ulid_floor, ulid_ms, ulid_time_ms
+
+    for ms in (0, 1, 1_733_333_333_333, 2**48 - 1):
+        for value in (new_ulid(ms), ulid_floor(ms)):
+            assert ulid_time_ms(value[:10].encode()) == ulid_ms(value) == ms

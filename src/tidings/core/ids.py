@@ -20,6 +20,7 @@ __all__ = [
     "new_ulid",
     "ulid_floor",
     "ulid_ms",
+    "ulid_time_ms",
     "ulid_to_int",
     "is_ulid",
 ]
@@ -47,6 +48,17 @@ def ulid_floor(ms: int) -> str:
 def ulid_ms(value: str) -> int:
     """The millisecond timestamp encoded in a ULID."""
     return ulid_to_int(value) >> _RANDOM_BITS
+
+
+_TO_BASE32 = bytes.maketrans(
+    b"0123456789ABCDEFGHJKMNPQRSTVWXYZ", b"0123456789abcdefghijklmnopqrstuv"
+)
+
+
+def ulid_time_ms(head: bytes) -> int:
+    """The millisecond timestamp of a ULID from its first 10 characters, as bytes: a few
+    hundred ns, for the fan-out's latency histogram (``ulid_ms`` parses the whole ID)."""
+    return int(head.translate(_TO_BASE32), 32)
 
 
 def ulid_to_int(value: str) -> int:

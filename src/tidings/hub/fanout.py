@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from tidings.broker.base import Delivery
-from tidings.core.ids import ulid_ms
+from tidings.core.ids import ulid_time_ms
 from tidings.hub.connection import Subscription
 from tidings.hub.metrics import NodeMetrics
 from tidings.hub.outbound import Batch, Frame
@@ -139,7 +139,7 @@ class Fanout:
         for d in deliveries:
             if d.payload.startswith(b'{"id":"'):
                 messages += 1
-                observe(max(0.0, now - ulid_ms(d.payload[7:33].decode("ascii"))) / 1000)
+                observe(max(0.0, now - ulid_time_ms(d.payload[7:17])) / 1000)
         return messages
 
     def _deliver_observed(
