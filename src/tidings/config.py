@@ -73,8 +73,10 @@ class AuthSettings:
 @dataclass(frozen=True)
 class LimitSettings:
     max_subscriptions: int = 1000  # per connection
-    queue_max_frames: int = 1000  # outbound frames buffered per connection before 1013
+    queue_max_frames: int = 1000  # live frames held for a subscription during its resume replay
     queue_max_bytes: int = 8 * 1024 * 1024  # outbound bytes buffered per connection before 1013
+    # a connection whose waiting frames its socket takes none of for this long is closed 1013
+    queue_write_timeout_seconds: float = 10.0
     max_frame_bytes: int = 128 * 1024  # inbound frame size; larger closes with 1009
     max_body_bytes: int = 256 * 1024  # HTTP request body; larger gets 413
     presence_max_bytes: int = 102_400  # serialized members of one presence channel (spec §7)
@@ -228,6 +230,11 @@ class Settings:
                 ),
                 queue_max_bytes=_int(
                     v.get("queue_max_bytes", d.limits.queue_max_bytes), "QUEUE_MAX_BYTES", 1024
+                ),
+                queue_write_timeout_seconds=_num(
+                    v.get("queue_write_timeout_seconds", d.limits.queue_write_timeout_seconds),
+                    "QUEUE_WRITE_TIMEOUT_SECONDS",
+                    minimum=0.01,
                 ),
                 **_limit_values(v, d.limits),
                 resume_max_messages=_int(

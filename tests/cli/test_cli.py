@@ -211,6 +211,8 @@ def test_publish_command_without_server(tmp_path: Path) -> None:
         ({"TIDINGS_MAX_CONNECTIONS_PER_IP": "1e3"}, "TIDINGS_MAX_CONNECTIONS_PER_IP"),
         ({"TIDINGS_MAX_CONNECTIONS_PER_UID": "many"}, "TIDINGS_MAX_CONNECTIONS_PER_UID"),
         ({"TIDINGS_RATE_LIMITED_CLOSE_AFTER": "-5"}, "TIDINGS_RATE_LIMITED_CLOSE_AFTER"),
+        ({"TIDINGS_QUEUE_WRITE_TIMEOUT_SECONDS": "0"}, "TIDINGS_QUEUE_WRITE_TIMEOUT_SECONDS"),
+        ({"TIDINGS_QUEUE_WRITE_TIMEOUT_SECONDS": "soon"}, "TIDINGS_QUEUE_WRITE_TIMEOUT_SECONDS"),
     ],
 )
 def test_serve_refuses_invalid_settings(env: dict[str, str], phrase: str, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -53,6 +54,13 @@ class RecordingOutlet:
 class HubHarness:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+
+    def limit_backlog(self, max_bytes: int) -> None:
+        """Connections opened from now on get this outbound byte bound."""
+        settings = self.hub.settings
+        self.hub.settings = replace(
+            settings, limits=replace(settings.limits, queue_max_bytes=max_bytes)
+        )
 
     async def connect(self, claims: dict[str, Any]) -> tuple[Connection, RecordingOutlet]:
         outlet = RecordingOutlet()

@@ -130,15 +130,17 @@ async def test_close_connection_removes_its_subscriptions(harness: HubHarness) -
 
 
 async def test_paused_transport_fills_the_backlog_then_evicts(harness: HubHarness) -> None:
-    """While the transport is paused frames wait in a bounded backlog; a stuck reader is
-    closed 1013 once it is exceeded."""
+    """While the transport is paused frames wait in a backlog bounded in bytes; a stuck reader
+    is closed 1013 on the frame that takes it past the bound, not before, whatever the count."""
     from tidings.hub.outbound import Frame
 
+    frames = [Frame(b'{"event":"e","data":%d}' % n) for n in range(3000)]
+    harness.limit_backlog(sum(len(f) for f in frames))
     conn, out = await harness.connect({})
     out.take()
     out.paused = True
-    for n in range(1000):  # the default bound is 1000 frames
-        conn.send(Frame(b'{"event":"e","data":%d}' % n))
+    for frame in frames:
+        conn.send(frame)
     assert out.frames == [] and out.closed is None
-    conn.send(Frame(b'{"event":"e","data":1000}'))
-    assert out.closed is not None and out.closed[0] == 1013
+    conn.send(Frame(b'{"event":"e","data":3000}'))
+    assert out.closed is not None and out.closed == (1013, "slow consumer")

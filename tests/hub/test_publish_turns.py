@@ -117,21 +117,25 @@ async def test_subscribers_of_many_channels_get_each_message_once_in_order(
 async def test_a_stuck_subscriber_is_evicted_past_its_bound_and_others_get_everything(
     harness: HubHarness,
 ) -> None:
-    """Behind the end-of-turn fan-out the backlog is still bounded (1,000 frames): a paused
-    subscriber is closed 1013 on the frame that exceeds it, not before, and a healthy one in
-    the same channel receives every message in order."""
+    """Behind the end-of-turn fan-out the backlog is still bounded in bytes: a paused
+    subscriber stays while its backlog is under the bound and is closed 1013 once past it, and
+    a healthy one in the same channel receives every message in order."""
+    harness.limit_backlog(64 * 1024)  # each frame is about 130 bytes
     (sender, _), (_, stuck), (_, healthy) = await harness.subscribed("room.1", ROOMS, ROOMS, ROOMS)
     stuck.paused = True
-    for n in range(1000):
+    for n in range(300):  # about 40 KB
+        await harness.send(sender, _chat("room.1", n))
+        if n % 10 == 9:
+            await asyncio.sleep(0)
+    await _wait(healthy, 300)
+    assert stuck.closed is None and stuck.frames == []
+    for n in range(300, 1000):  # about 130 KB in all
         await harness.send(sender, _chat("room.1", n))
         if n % 10 == 9:
             await asyncio.sleep(0)
     await _wait(healthy, 1000)
-    assert stuck.closed is None and stuck.frames == []
-    await harness.send(sender, _chat("room.1", 1000))
-    await _wait(healthy, 1001)
-    assert stuck.closed is not None and stuck.closed[0] == 1013
-    assert [f["data"] for f in healthy.take()] == list(range(1001))
+    assert stuck.closed == (1013, "slow consumer")
+    assert [f["data"] for f in healthy.take()] == list(range(1000))
 
 
 async def test_drain_publishes_what_waits_for_the_end_of_the_turn(harness: HubHarness) -> None:
@@ -170,22 +174,26 @@ async def test_a_turn_of_several_channels_is_one_write_to_a_member_of_them(
 
 
 async def test_held_frames_count_against_the_backlog_bound(harness: HubHarness) -> None:
-    """A stuck connection in several channels is closed 1013 past 1,000 frames although its
-    frames were held for one write per turn; a healthy one in the same channels gets all."""
+    """A stuck connection in several channels is closed 1013 once its backlog passes the byte
+    bound although its frames were held for one write per turn; a healthy one in the same
+    channels gets all."""
+    harness.limit_backlog(64 * 1024)
     sender, _ = await harness.connect(BROADCAST)
     _, stuck = await _in_channels(harness, "room.1", "room.2")
     _, healthy = await _in_channels(harness, "room.1", "room.2")
     stuck.paused = True
-    for n in range(1000):
+    for n in range(300):
         await harness.send(sender, _chat(f"room.{1 + n % 2}", n))
         if n % 10 == 9:
             await asyncio.sleep(0)
-    await _wait(healthy, 1000)
+    await _wait(healthy, 300)
     assert stuck.closed is None
-    await harness.send(sender, _chat("room.1", 1000))
-    await harness.send(sender, _chat("room.2", 1001))
+    for n in range(300, 1002):
+        await harness.send(sender, _chat(f"room.{1 + n % 2}", n))
+        if n % 10 == 9:
+            await asyncio.sleep(0)
     await _wait(healthy, 1002)
-    assert stuck.closed is not None and stuck.closed[0] == 1013
+    assert stuck.closed == (1013, "slow consumer")
     got = healthy.take()
     for ch in ("room.1", "room.2"):
         mine = [f["data"] for f in got if f["channel"] == ch]

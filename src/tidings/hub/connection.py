@@ -20,6 +20,8 @@ from tidings.hub.outbound import Frame, Outlet
 
 __all__ = ["Connection", "Subscription", "arm_watchdog"]
 
+_CHUNK_BYTES = 64 * 1024  # backlog bytes written per wake-up of the flusher (asyncio's high water)
+
 
 @dataclass(slots=True)
 class Subscription:
@@ -40,8 +42,11 @@ class Connection:
     """A live client connection. The hub owns it; the WebSocket adapter feeds it frames.
 
     Frames are written straight to the transport while it keeps up; once the transport pauses,
-    they wait in a bounded backlog drained by one short-lived task. A backlog over its bound
-    closes the connection with 1013 (slow consumer) without waiting for the peer.
+    they wait in a backlog drained by one short-lived task, a chunk at a time. The connection is
+    closed with 1013 (slow consumer), without waiting for the peer, when the backlog's bytes pass
+    their bound (the memory cap) or when the transport stays paused for the write timeout while
+    frames wait (a stalled peer). A reader that keeps taking chunks survives any burst the byte
+    bound allows; a frame count alone cannot tell it from a stalled one.
 
     ``__slots__`` and the lazily created backlog keep an idle connection small: thousands of them
     sit on one node.
@@ -52,8 +57,8 @@ class Connection:
         "_backlog_bytes",
         "_flusher",
         "_max_bytes",
-        "_max_frames",
         "_outlet",
+        "_write_timeout",
         "claims",
         "closed",
         "connected_ms",
@@ -86,8 +91,8 @@ class Connection:
         expires_ms: int,
         source_ip: str | None,
         user_agent: str | None,
-        max_frames: int,
         max_bytes: int,
+        write_timeout: float,
     ) -> None:
         self.id = connection_id
         self.secret = secret  # never logged; dies with the connection
@@ -108,8 +113,8 @@ class Connection:
         self._outlet = outlet
         self._backlog: deque[Frame] | None = None  # created when the transport first pauses
         self._backlog_bytes = 0
-        self._max_frames = max_frames
         self._max_bytes = max_bytes
+        self._write_timeout = write_timeout
         self._flusher: asyncio.Task[None] | None = None
         self.message_bucket: TokenBucket | None = None  # client frames (hub/limits.py)
         self.http_bucket: TokenBucket | None = None  # Client HTTP API calls
@@ -134,7 +139,7 @@ class Connection:
             self._backlog = deque()
         self._backlog.extend(frames)
         self._backlog_bytes += sum(len(f) for f in frames)
-        if len(self._backlog) > self._max_frames or self._backlog_bytes > self._max_bytes:
+        if self._backlog_bytes > self._max_bytes:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
         elif self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
@@ -171,12 +176,24 @@ class Connection:
     async def _flush(self) -> None:
         try:
             while self._backlog and not self.closed:
-                await self._outlet.wait_writable()
+                try:
+                    async with asyncio.timeout(self._write_timeout):
+                        await self._outlet.wait_writable()
+                except TimeoutError:
+                    # the peer took nothing for the whole write timeout: stalled, not slow
+                    self._flusher = None  # close() must not cancel the task it runs in
+                    self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+                    return
                 if self.closed or not self._backlog:
                     return
-                frames = list(self._backlog)
-                self._backlog.clear()
-                self._backlog_bytes = 0
+                # one chunk per wake-up, so each wait measures the peer's progress on a bounded
+                # amount rather than on the whole backlog written at once
+                backlog, frames, size = self._backlog, [], 0
+                while backlog and size < _CHUNK_BYTES:
+                    frame = backlog.popleft()
+                    frames.append(frame)
+                    size += len(frame)
+                self._backlog_bytes -= size
                 self._outlet.write(frames)
         finally:
             self._flusher = None

@@ -316,8 +316,8 @@ class Hub:
             expires_ms=connected + int(timeouts.max_connection_seconds * 1000),
             source_ip=source_ip,
             user_agent=user_agent,
-            max_frames=self.settings.limits.queue_max_frames,
             max_bytes=self.settings.limits.queue_max_bytes,
+            write_timeout=self.settings.limits.queue_write_timeout_seconds,
         )
         while conn.id in self.connections:  # 88 random bits: a clash is theoretical
             conn.id = new_connection_id()
