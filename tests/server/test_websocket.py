@@ -428,7 +428,7 @@ async def test_heartbeat_timeout(start_server: StartServer) -> None:
 @pytest.mark.timeout(60)
 async def test_slow_consumer_does_not_stall_others(start_server: StartServer) -> None:
     """A client that never reads is closed (1013) while a healthy one gets everything."""
-    server = await start_server(queue_max_frames=1000, queue_max_bytes=2 << 20)
+    server = await start_server(queue_max_bytes=2 << 20)
     healthy = await server.connect(OPEN)
     await healthy.subscribe("room")
     stuck = await server.connect(OPEN)
