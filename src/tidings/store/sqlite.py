@@ -604,12 +604,7 @@ class SqliteStore:
         self._check_open()
         if not changes:
             return []
-        writer = self._writer
-        assert writer is not None  # _check_open() passed
-        try:
-            return await writer.run(self._reactions_sync, writer, changes, now_ms)
-        except sqlite3.Error as exc:
-            raise self._map_error(exc, "apply_reactions") from exc
+        return await self._on_writer("apply_reactions", self._reactions_sync, changes, now_ms)
 
     async def reaction_counts(
         self, channel: str, message_ids: Sequence[str], *, now_ms: int
@@ -748,12 +743,7 @@ class SqliteStore:
         self._check_open()
         if not changes:
             return []
-        writer = self._writer
-        assert writer is not None  # _check_open() passed
-        try:
-            return await writer.run(self._storage_sync, writer, changes, now_ms)
-        except sqlite3.Error as exc:
-            raise self._map_error(exc, "apply_storage") from exc
+        return await self._on_writer("apply_storage", self._storage_sync, changes, now_ms)
 
     async def get_storage(self, channel: str, key: str, *, now_ms: int) -> StorageEntry | None:
         """See ``Store.get_storage``. Runs on a reader thread."""
@@ -797,12 +787,9 @@ class SqliteStore:
         self._check_open()
         if limit <= 0:
             return []
-        writer = self._writer
-        assert writer is not None  # _check_open() passed
-        try:
-            rows = await writer.run(self._returning_sync, writer, _SWEEP_STORAGE, now_ms, limit)
-        except sqlite3.Error as exc:
-            raise self._map_error(exc, "sweep_storage") from exc
+        rows = await self._on_writer(
+            "sweep_storage", self._returning_sync, _SWEEP_STORAGE, now_ms, limit
+        )
         return [_entry(row) for row in rows]
 
     async def aclose(self) -> None:
@@ -843,10 +830,15 @@ class SqliteStore:
         self._check_open()
         if limit <= 0:
             return 0
+        return await self._on_writer(action, self._delete_sync, sql, now_ms, limit)
+
+    async def _on_writer(self, action: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(writer, *args)`` on the writer thread between group commits; SQLite
+        errors become store errors."""
         writer = self._writer
-        assert writer is not None  # _check_open() passed
+        assert writer is not None  # the caller's _check_open() passed
         try:
-            return await writer.run(self._delete_sync, writer, sql, now_ms, limit)
+            return await writer.run(fn, writer, *args)
         except sqlite3.Error as exc:
             raise self._map_error(exc, action) from exc
 
