@@ -614,25 +614,11 @@ class PostgresStore:
 
         Several nodes may sweep at once: each skips rows another is deleting.
         """
-        self._check_open()
-        if limit <= 0:
-            return 0
-        try:
-            status: str = await self._call("execute", self._sweep_sql, now_ms, limit)
-        except Exception as exc:
-            raise map_error(exc, "sweep") from exc
-        return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
+        return await self._sweep("sweep", self._sweep_sql, now_ms, limit)
 
     async def sweep_dedup(self, *, now_ms: int, limit: int = 1000) -> int:
         """See ``Store.sweep_dedup``; several nodes may sweep at once."""
-        self._check_open()
-        if limit <= 0:
-            return 0
-        try:
-            status: str = await self._call("execute", self._sweep_dedup_sql, now_ms, limit)
-        except Exception as exc:
-            raise map_error(exc, "sweep_dedup") from exc
-        return int(status.rsplit(" ", 1)[-1])
+        return await self._sweep("sweep_dedup", self._sweep_dedup_sql, now_ms, limit)
 
     async def apply_reactions(
         self, changes: Sequence[ReactionChange], *, now_ms: int
@@ -723,14 +709,7 @@ class PostgresStore:
 
     async def sweep_reactions(self, *, now_ms: int, limit: int = 1000) -> int:
         """Delete at most ``limit`` reactions with ``expires_ms <= now_ms``; return the count."""
-        self._check_open()
-        if limit <= 0:
-            return 0
-        try:
-            status: str = await self._call("execute", self._sweep_reactions_sql, now_ms, limit)
-        except Exception as exc:
-            raise map_error(exc, "sweep_reactions") from exc
-        return int(status.rsplit(" ", 1)[-1])
+        return await self._sweep("sweep_reactions", self._sweep_reactions_sql, now_ms, limit)
 
     async def add_schedules(self, records: Sequence[ScheduleRecord]) -> None:
         """See ``Store.add_schedules``. One statement."""
@@ -852,21 +831,14 @@ class PostgresStore:
 
     async def sweep_revocations(self, *, now_ms: int, limit: int = 1000) -> int:
         """Delete at most ``limit`` revocations with ``expires_ms <= now_ms``; return the count."""
-        self._check_open()
-        if limit <= 0:
-            return 0
         table = self.revocations_table
-        try:
-            status: str = await self._call(
-                "execute",
-                f"DELETE FROM {table} WHERE (kind, value) IN (SELECT kind, value FROM {table} "
-                "WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                now_ms,
-                limit,
-            )
-        except Exception as exc:
-            raise map_error(exc, "sweep_revocations") from exc
-        return int(status.rsplit(" ", 1)[-1])
+        return await self._sweep(
+            "sweep_revocations",
+            f"DELETE FROM {table} WHERE (kind, value) IN (SELECT kind, value FROM {table} "
+            "WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            now_ms,
+            limit,
+        )
 
     async def apply_storage(
         self, changes: Sequence[StorageChange], *, now_ms: int
@@ -968,6 +940,17 @@ class PostgresStore:
                 if self._state == "new"
                 else "the PostgreSQL store is closed"
             )
+
+    async def _sweep(self, action: str, sql: str, now_ms: int, limit: int) -> int:
+        """Run a ``DELETE`` of at most ``limit`` rows expired by ``now_ms``; return the count."""
+        self._check_open()
+        if limit <= 0:
+            return 0
+        try:
+            status: str = await self._call("execute", sql, now_ms, limit)
+        except Exception as exc:
+            raise map_error(exc, action) from exc
+        return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
 
     async def _call(self, method: str, sql: str, *args: Any) -> Any:
         """Run one statement on a pooled connection, retrying once on a fresh connection when
