@@ -74,7 +74,19 @@ class AiohttpOutlet:
         finally:
             # a graceful transport close waits for the peer to take the buffered bytes, which a
             # stuck peer never does: abort so the handler (and the hub's cleanup) can finish
-            self._transport.abort()
+            abort_transport(self._transport)
+
+
+def abort_transport(transport: asyncio.Transport) -> None:
+    """``transport.abort()``, unless the connection is already gone.
+
+    asyncio 3.11 completes a graceful close from the write callback once the buffer drains
+    without marking the connection lost, then drops its loop; aborting after that raised
+    ``AttributeError: 'NoneType' object has no attribute 'call_soon'`` in a task nobody
+    awaits. A transport whose protocol is detached has finished its close.
+    """
+    if transport.get_protocol() is not None:
+        transport.abort()
 
 
 class StrictFrames:
