@@ -286,6 +286,32 @@ async def test_redis_broker_subscribe_returns_once_redis_confirmed(
         await raw.aclose()
 
 
+@pytest.mark.integration
+async def test_redis_broker_sees_a_confirmation_read_before_its_send_returned(
+    prefix: str, start_broker: StartBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sending may yield to the listener, which can read Redis's confirmation before the
+    sending task resumes (uvloop writes at once, so this happened under load): ``subscribe``
+    still returns on that confirmation instead of waiting out the command timeout."""
+    a = await start_broker(REDIS_URL, prefix=prefix, command_timeout=1.0)
+    conn: Any = a.broker._sub  # type: ignore[attr-defined]
+    real_send = conn.send_command
+
+    async def send_then_yield(*args: Any, **kwargs: Any) -> None:
+        await real_send(*args, **kwargs)
+        await asyncio.sleep(200 * MS)  # the listener reads the reply meanwhile
+
+    conn.send_command = send_then_yield
+    with caplog.at_level(logging.WARNING, logger="tidings.broker.redis"):
+        for channel in ("room", "lobby"):
+            await a.broker.subscribe(channel)
+        await a.broker.unsubscribe("room")
+        await a.broker.subscribe("room")
+    assert _logged(caplog, "did not confirm") == 0
+    await a.broker.publish("room", [Delivery(b'"after"')])
+    assert await a.wait_for("room", 1) == [b'"after"']
+
+
 # URLs and the wire format
 
 

@@ -685,10 +685,10 @@ class RedisBroker:
                     names = [
                         self._channel_prefix + c.encode("utf-8", "surrogatepass") for c in chunk
                     ]
-                    await conn.send_command("SUBSCRIBE", *names, check_health=False)
-                    for c in chunk:
+                    for c in chunk:  # booked first, as in _sync
                         self._sent.add(c)
                         self._inflight[c] = self._inflight.get(c, 0) + 1
+                    await conn.send_command("SUBSCRIBE", *names, check_health=False)
                 for channel in [c for c in self._confirmed if c not in self._inflight]:
                     _resolve(self._confirmed.pop(channel))
                 # its reply proves the server answers (``_read`` waits for it)
@@ -803,6 +803,13 @@ class RedisBroker:
                 return None
             want = channel in self._interest
             if want != (channel in self._sent):
+                # Book the command before sending it: sending may yield to the listener, which
+                # can then read Redis's confirmation before this task resumes.
+                if want:
+                    self._sent.add(channel)
+                else:
+                    self._sent.discard(channel)
+                self._inflight[channel] = self._inflight.get(channel, 0) + 1
                 name = self._channel_prefix + channel.encode("utf-8", "surrogatepass")
                 try:
                     await conn.send_command(
@@ -810,11 +817,6 @@ class RedisBroker:
                     )
                 except (RedisError, OSError):
                     return None  # the listener sees the broken connection and resubscribes
-                if want:
-                    self._sent.add(channel)
-                else:
-                    self._sent.discard(channel)
-                self._inflight[channel] = self._inflight.get(channel, 0) + 1
             if not want or channel not in self._inflight:
                 return None
             waiter = self._confirmed.get(channel)
