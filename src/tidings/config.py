@@ -57,6 +57,8 @@ class ServerSettings:
     # the metrics' ``node`` label; empty: "<host name>:<port>", unique per process on a host
     node_name: str = ""
     metrics_token: Secret | None = None  # when set, /metrics needs ``Authorization: Bearer``
+    # "auto": uvloop where it is installed (the default install on Linux and macOS), else asyncio
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,9 @@ class Settings:
         log_level = str(v.get("log_level", "info")).lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("TIDINGS_LOG_LEVEL must be one of debug, info, warning, error.")
+        event_loop = str(v.get("event_loop", "auto")).lower()
+        if event_loop not in ("auto", "asyncio", "uvloop"):
+            raise ConfigError("TIDINGS_EVENT_LOOP must be one of auto, asyncio, uvloop.")
         d = cls()
         return cls(
             server=ServerSettings(
@@ -206,6 +211,7 @@ class Settings:
                 log_level=log_level,
                 node_name=str(v.get("node_name", d.server.node_name)),
                 metrics_token=Secret(str(v["metrics_token"])) if v.get("metrics_token") else None,
+                event_loop=event_loop,
             ),
             auth=AuthSettings(
                 signing_keys=tuple(keys),

@@ -121,6 +121,7 @@ async def test_serve_dev_mode_prints_working_token_and_drains(
     token = node.read_until(r"^  (eyJ[\w-]+\.[\w-]+\.[\w-]+)\s*$").group(1)
     text = "".join(node.lines)
     assert "DEV MODE" in text and f"http://127.0.0.1:{node.port}/console/" in text
+    assert "event loop uvloop)" in text  # auto: uvloop is installed with tidings here
     api_key = re.search(r"API key:\s+(\S+)", text)
     assert api_key is not None
     await wait_healthy(node.port)
@@ -149,8 +150,11 @@ async def test_serve_dev_mode_prints_working_token_and_drains(
 async def test_serve_with_keys_and_cli_publish(serve: object, tmp_path: Path) -> None:
     """Configured keys: no dev banner; `tidings token` signs a working token and
     `tidings publish` delivers through the running server."""
-    env = clean_env(**KEY_ENV, TIDINGS_STORE=f"sqlite:///{tmp_path}/cli.db")
+    env = clean_env(
+        **KEY_ENV, TIDINGS_STORE=f"sqlite:///{tmp_path}/cli.db", TIDINGS_EVENT_LOOP="asyncio"
+    )
     node = serve(env)  # type: ignore[operator]
+    node.read_until(r"ready on .*event loop asyncio\)")
     await wait_healthy(node.port)
     claims = '{"scope":"connect","channels":{"news":{"subscribe":true}}}'
     signed = run(["token", claims, "--ttl", "120"], env)
@@ -199,6 +203,7 @@ def test_publish_command_without_server(tmp_path: Path) -> None:
         ({"TIDINGS_SIGNING_KEY1_METHOD": "HS256"}, "TIDINGS_SIGNING_KEY1"),
         ({"TIDINGS_SIGNING_KEY1_METHOD": "XX999", "TIDINGS_SIGNING_KEY1": "AAAA"}, "XX999"),
         ({"TIDINGS_LOG_LEVEL": "loud"}, "TIDINGS_LOG_LEVEL"),
+        ({"TIDINGS_EVENT_LOOP": "libevent"}, "TIDINGS_EVENT_LOOP"),
         ({"TIDINGS_WEBHOOK_URL": "http://127.0.0.1:9/x"}, "TIDINGS_WEBHOOK_SECRET"),
         ({"TIDINGS_CLIENT_MESSAGES_PER_SECOND": "-1"}, "TIDINGS_CLIENT_MESSAGES_PER_SECOND"),
         ({"TIDINGS_CLIENT_MESSAGES_PER_SECOND": "fast"}, "TIDINGS_CLIENT_MESSAGES_PER_SECOND"),

@@ -74,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tidings.server.app import Node
+    from tidings.server.process import loop_factory, tune_gc
 
     settings = _settings(args)
     server = settings.server
@@ -97,16 +98,23 @@ def _serve(args: argparse.Namespace) -> int:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         base = f"{shown}:{node.port}"
         log.info(
-            "= tidings %s ready on http://%s (store %s, broker %s)",
+            "= tidings %s ready on http://%s (store %s, broker %s, event loop %s)",
             __version__,
             base,
             _redact_url(settings.backends.store),
             _redact_url(settings.backends.broker),
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         if dev_secret is not None:
             _print_dev_banner(base, dev_secret, settings.auth.api_keys[0].value)
 
-    asyncio.run(node.run_until_signalled(on_ready))
+    try:
+        factory = loop_factory(settings.server.event_loop)
+    except ModuleNotFoundError:
+        raise ConfigError("TIDINGS_EVENT_LOOP=uvloop, but uvloop is not installed.") from None
+    tune_gc()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(node.run_until_signalled(on_ready))
     return 0
 
 
