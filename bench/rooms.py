@@ -350,6 +350,8 @@ def _run_one(
     gen_cls = CGenerator if args.loadgen == "c" else PyGenerator
     with ServerProcess(spec, ready_timeout=60) as srv:
         gen = gen_cls(srv.port, spec, shape, args)
+        # every connection open and subscribed: what the process spent so far is the set-up
+        setup_cpu = proc_cpu_seconds(srv.pid)
         try:
             # a message reaches the room's other subscribers: the publishers hold no subscription
             msg_rate = rate / shape.per_room
@@ -390,6 +392,7 @@ def _run_one(
         "errors": after["errors"],
         "closed": after["closed"],
         "alive": alive,
+        "setup_cpu_s": setup_cpu,
     }
 
 
@@ -456,7 +459,8 @@ def main() -> None:
                     f"server {r['server_cpu_pct']:.0f} % (+{r['server_wait_pct']:.0f} % waiting, "
                     f"{r['server_sys_share']:.0f} % of it in the kernel), "
                     f"loadgen {r['loadgen_cpu_pct']:.0f} %, "
-                    f"p50 {r['p50_ms']:.1f} ms, closed {r['closed']:.0f}",
+                    f"p50 {r['p50_ms']:.1f} ms, closed {r['closed']:.0f}, "
+                    f"start-up and set-up CPU {r['setup_cpu_s']:.2f} s",
                     file=sys.stderr,
                 )
     print(_report(args, results))
@@ -479,8 +483,8 @@ def _report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         "| shape (channels × subscribers) | server | offered deliveries/s | deliveries/s "
         "| server CPU µs/delivery | ratio deliveries/s | ratio µs/delivery "
         "| server CPU % (+ waiting) | kernel share of server CPU % "
-        "| loadgen CPU % | p50 / p99 ms | errors | closed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loadgen CPU % | p50 / p99 ms | errors | closed | start-up + set-up CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cases = dict.fromkeys((r["shape"], r["offered"]) for r in results)
     for shape, rate in cases:
@@ -503,7 +507,8 @@ def _report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                 f"| {statistics.median(r['server_sys_share'] for r in rs):.0f} "
                 f"| {statistics.median(r['loadgen_cpu_pct'] for r in rs):.0f} "
                 f"| {p50:.1f} / {p99:.1f} | {int(sum(r['errors'] for r in rs))} "
-                f"| {int(sum(r['closed'] for r in rs))} |"
+                f"| {int(sum(r['closed'] for r in rs))} "
+                f"| {_spread([r['setup_cpu_s'] for r in rs], '.2f')} |"
             )
     return "\n".join(lines)
 
