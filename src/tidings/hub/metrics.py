@@ -24,9 +24,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -53,20 +52,29 @@ class NodeMetrics:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._messages_in = Counter(
-            "tidings_messages_in",
-            "Messages accepted for publishing, by trigger.",
-            ["node", "kind"],
-            registry=r,
+        # counted once per message (or batch) on the publishing and fan-out paths: plain-Python
+        # counters (no lock, no checks) read at scrape time, like the histogram below
+        self._in_children: dict[str, LeanCounter] = {}
+        self.delivered_messages = LeanCounter()
+        self.delivered_events = LeanCounter()
+        r.register(
+            _CounterCollector(
+                "tidings_messages_in",
+                "Messages accepted for publishing, by trigger.",
+                node,
+                "kind",
+                self._in_children,
+            )
         )
-        self._deliveries_out = Counter(
-            "tidings_deliveries_out",
-            "Frames written to subscribers' sockets by channel fan-out, by kind.",
-            ["node", "kind"],
-            registry=r,
+        r.register(
+            _CounterCollector(
+                "tidings_deliveries_out",
+                "Frames written to subscribers' sockets by channel fan-out, by kind.",
+                node,
+                "kind",
+                {"message": self.delivered_messages, "event": self.delivered_events},
+            )
         )
-        self.delivered_messages = self._deliveries_out.labels(node, "message")
-        self.delivered_events = self._deliveries_out.labels(node, "event")
         # observed once per message on the fan-out path: a plain-Python histogram (no lock, one
         # bisect), rendered at scrape time, costs a fraction of prometheus-client's
         self.publish_delivery = LeanHistogram(_LATENCY_BUCKETS)
@@ -100,7 +108,6 @@ class NodeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         ).labels(node)
-        self._in_children: dict[str, Any] = {}
 
     # Public methods
 
@@ -108,8 +115,8 @@ class NodeMetrics:
         """Count accepted messages of one trigger (``server.http``, ``client.websocket``…)."""
         child = self._in_children.get(kind)
         if child is None:
-            child = self._in_children[kind] = self._messages_in.labels(self.node, kind)
-        child.inc(count)
+            child = self._in_children[kind] = LeanCounter()
+        child.value += count
 
     def watch(self, gauges: Gauges, counters: Counters) -> None:
         """Read ``gauges()`` (name -> value) and ``counters()`` ((name, labels, value) rows) at
@@ -119,6 +126,18 @@ class NodeMetrics:
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric of this node."""
         return generate_latest(self.registry)
+
+
+class LeanCounter:
+    """A counter for one event loop (no lock)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
 
 
 class LeanHistogram:
@@ -148,6 +167,20 @@ class _HistogramCollector(Collector):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         family.add_metric([self._node], buckets, h.sum)
+        yield family
+
+
+class _CounterCollector(Collector):
+    def __init__(
+        self, name: str, doc: str, node: str, label: str, children: dict[str, LeanCounter]
+    ) -> None:
+        self._name, self._doc, self._node, self._label = name, doc, node, label
+        self._children = children  # label value -> counter; read live, so new kinds show up
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=["node", self._label])
+        for value, counter in list(self._children.items()):
+            family.add_metric([self._node, value], counter.value)
         yield family
 
 
