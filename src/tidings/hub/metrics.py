@@ -57,24 +57,7 @@ class NodeMetrics:
         self._in_children: dict[str, LeanCounter] = {}
         self.delivered_messages = LeanCounter()
         self.delivered_events = LeanCounter()
-        r.register(
-            _CounterCollector(
-                "tidings_messages_in",
-                "Messages accepted for publishing, by trigger.",
-                node,
-                "kind",
-                self._in_children,
-            )
-        )
-        r.register(
-            _CounterCollector(
-                "tidings_deliveries_out",
-                "Frames written to subscribers' sockets by channel fan-out, by kind.",
-                node,
-                "kind",
-                {"message": self.delivered_messages, "event": self.delivered_events},
-            )
-        )
+        r.register(_ScrapeCollector(node, dict, self._counted))
         # observed once per message on the fan-out path: a plain-Python histogram (no lock, one
         # bisect), rendered at scrape time, costs a fraction of prometheus-client's
         self.publish_delivery = LeanHistogram(_LATENCY_BUCKETS)
@@ -117,6 +100,12 @@ class NodeMetrics:
         if child is None:
             child = self._in_children[kind] = LeanCounter()
         child.value += count
+
+    def _counted(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        for kind, counter in list(self._in_children.items()):
+            yield "messages_in", {"kind": kind}, counter.value
+        yield "deliveries_out", {"kind": "message"}, self.delivered_messages.value
+        yield "deliveries_out", {"kind": "event"}, self.delivered_events.value
 
     def watch(self, gauges: Gauges, counters: Counters) -> None:
         """Read ``gauges()`` (name -> value) and ``counters()`` ((name, labels, value) rows) at
@@ -170,20 +159,6 @@ class _HistogramCollector(Collector):
         yield family
 
 
-class _CounterCollector(Collector):
-    def __init__(
-        self, name: str, doc: str, node: str, label: str, children: dict[str, LeanCounter]
-    ) -> None:
-        self._name, self._doc, self._node, self._label = name, doc, node, label
-        self._children = children  # label value -> counter; read live, so new kinds show up
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._doc, labels=["node", self._label])
-        for value, counter in list(self._children.items()):
-            family.add_metric([self._node, value], counter.value)
-        yield family
-
-
 class _ScrapeCollector(Collector):
     def __init__(self, node: str, gauges: Gauges, counters: Counters) -> None:
         self._node = node
@@ -210,6 +185,8 @@ class _ScrapeCollector(Collector):
 
 
 _HELP = {
+    "messages_in": "Messages accepted for publishing, by trigger.",
+    "deliveries_out": "Frames written to subscribers' sockets by channel fan-out, by kind.",
     "connections": "Live WebSocket connections on this node.",
     "subscriptions": "Live channel subscriptions on this node.",
     "channels": "Channels with at least one subscriber on this node.",
